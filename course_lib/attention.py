@@ -1,0 +1,287 @@
+"""Scaled dot-product attention, masks, and multi-head attention.
+
+    "We call our particular attention 'Scaled Dot-Product Attention'. [...] We compute
+    the dot products of the query with all keys, divide each by sqrt(d_k), and apply a
+    softmax function to obtain the weights on the values."  (Vaswani et al., 2017, 3.2.1)
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V
+
+Mask convention (the same as ``torch.nn.functional.scaled_dot_product_attention``):
+a **boolean** mask, ``True`` where a query *may* attend to a key, broadcastable to
+``(..., L_q, L_k)``. Masked scores become ``-inf`` before the softmax, so they get
+exactly zero weight.
+
+Fully masked rows: a query row whose keys are *all* masked (a padding query under a
+padding mask, say) would be softmax over ``-inf`` everywhere, i.e. NaN. Here such a row
+gets all-zero weights, so its output is the zero vector and its gradients are zero,
+not NaN. Both paths (the explicit one and the fused ``F.scaled_dot_product_attention``
+one) do this, and agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _check_mask(mask: torch.Tensor, scores_shape: torch.Size) -> None:
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"attention mask must be a bool tensor (True = may attend), got {mask.dtype}; "
+            "convert with mask.bool() or build it with causal_mask()/padding_mask()."
+        )
+    try:
+        torch.broadcast_shapes(mask.shape, scores_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"attention mask of shape {tuple(mask.shape)} does not broadcast to the scores' "
+            f"shape {tuple(scores_shape)} (..., L_q, L_k); use shape (L_q, L_k), "
+            "(B, 1, L_q, L_k) or (B, 1, 1, L_k)."
+        ) from None
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
+        raise ValueError(
+            f"q, k, v must have the same number of dimensions (..., L, d); got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}."
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q and k must have the same last dimension d_k to be multiplied: "
+            f"q {tuple(q.shape)} vs k {tuple(k.shape)}."
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"k and v must have the same number of positions (one value per key): "
+            f"k {tuple(k.shape)} vs v {tuple(v.shape)}."
+        )
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q k^T / sqrt(d_k)) v, computed step by step.
+
+    Shapes: q ``(..., L_q, d_k)``, k ``(..., L_k, d_k)``, v ``(..., L_k, d_v)``; mask bool,
+    broadcastable to ``(..., L_q, L_k)``. Returns ``(output, weights or None)``.
+    """
+    _check_qkv(q, k, v)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    fully_masked = None
+    if mask is not None:
+        _check_mask(mask, scores.shape)
+        fully_masked = ~mask.any(dim=-1, keepdim=True)
+        scores = scores.masked_fill(~(mask | fully_masked), float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if fully_masked is not None:
+        weights = weights.masked_fill(fully_masked, 0.0)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v, (weights if return_weights else None)
+
+
+def fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """The same as ``scaled_dot_product_attention`` through PyTorch's fused kernel
+    (FlashAttention / memory-efficient attention where available). No weights."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+    _check_qkv(q, k, v)
+    scores_shape = (*q.shape[:-1], k.shape[-2])
+    _check_mask(mask, torch.Size(scores_shape))
+    if is_causal:
+        mask = mask & causal_mask(q.shape[-2], k.shape[-2], device=q.device)
+    fully_masked = ~mask.any(dim=-1, keepdim=True)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | fully_masked, dropout_p=dropout_p)
+    return out.masked_fill(fully_masked, 0.0)
+
+
+def causal_mask(L_q: int, L_k: int | None = None, device=None) -> torch.Tensor:
+    """Bool ``(L_q, L_k)`` mask, True on and below the diagonal: position i sees 0..i.
+
+    With ``L_k > L_q`` (queries are the last ``L_q`` of ``L_k`` positions, as when a
+    KV cache holds the earlier keys) the diagonal is aligned bottom-right.
+    """
+    L_k = L_q if L_k is None else L_k
+    return torch.ones(L_q, L_k, dtype=torch.bool, device=device).tril(diagonal=L_k - L_q)
+
+
+def padding_mask(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Bool ``(B, 1, 1, L)`` key mask from token ids ``(B, L)``: False at padding."""
+    if tokens.dim() != 2:
+        raise ValueError(f"padding_mask expects token ids of shape (B, L), got {tuple(tokens.shape)}.")
+    return (tokens != pad_id)[:, None, None, :]
+
+
+def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
+    """Logical AND of the given masks (None entries are ignored): attend only where all allow."""
+    out = None
+    for m in masks:
+        if m is None:
+            continue
+        out = m if out is None else (out & m)
+    return out
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for one attention layer.
+
+    During generation each new token's keys and values are appended, so the model
+    never recomputes them for the prefix.
+    """
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = torch.cat([self.k, k], dim=-2)
+            self.v = torch.cat([self.v, v], dim=-2)
+        return self.k, self.v
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search keeps the caches of surviving beams)."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention (section 3.2.2 of the paper).
+
+        MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O,
+        head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)
+
+    The h heads' projections are stored as one ``d_model x d_model`` matrix each
+    (``w_q``, ``w_k``, ``w_v``), split into heads of ``d_k = d_model / n_heads``.
+    Self-attention: ``mha(x)``; cross-attention: ``mha(x, memory)``.
+
+    ``need_weights=True`` computes attention explicitly and returns the per-head
+    weights ``(B, n_heads, L_q, L_k)``; otherwise the fused PyTorch kernel is used
+    (same output, to float rounding, and much faster).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(
+                f"d_model={d_model} is not divisible by n_heads={n_heads}: each head gets "
+                f"d_model / n_heads dimensions. Pick n_heads among the divisors of {d_model} "
+                f"(e.g. {[h for h in range(1, min(d_model, 64) + 1) if d_model % h == 0][-4:]})."
+            )
+        self.d_model, self.n_heads, self.d_k = d_model, n_heads, d_model // n_heads
+        self.dropout = dropout
+        self.w_q = nn.Linear(d_model, d_model, bias=bias)
+        self.w_k = nn.Linear(d_model, d_model, bias=bias)
+        self.w_v = nn.Linear(d_model, d_model, bias=bias)
+        self.w_o = nn.Linear(d_model, d_model, bias=bias)
+        # record_attention(model) switches this on: weights are then computed explicitly
+        # and kept in last_weights (B, n_heads, L_q, L_k) for plotting and export.
+        self.record = False
+        self.last_weights: torch.Tensor | None = None
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, d_model) -> (B, n_heads, L, d_k)``."""
+        B, L, _ = x.shape
+        return x.view(B, L, self.n_heads, self.d_k).transpose(1, 2)
+
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, n_heads, L, d_k) -> (B, L, d_model)``."""
+        B, _, L, _ = x.shape
+        return x.transpose(1, 2).contiguous().view(B, L, self.d_model)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend from ``x`` (queries) to ``memory`` (keys/values; ``x`` itself if None).
+
+        ``mask``: bool, broadcastable to ``(B, n_heads, L_q, L_k)``, True = may attend.
+        ``is_causal``: add the causal mask (bottom-right aligned when ``cache`` holds
+        earlier positions). ``cache``: a ``KVCache`` to read and extend (self-attention
+        during generation). Returns ``(output (B, L_q, d_model), weights or None)``.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"expected input of shape (B, L, d_model={self.d_model}), got {tuple(x.shape)}."
+            )
+        kv = x if memory is None else memory
+        if kv.dim() != 3 or kv.shape[0] != x.shape[0] or kv.shape[-1] != self.d_model:
+            raise ValueError(
+                f"memory must have shape (B={x.shape[0]}, L_k, d_model={self.d_model}), "
+                f"got {tuple(kv.shape)}."
+            )
+        q = self.split_heads(self.w_q(x))
+        k = self.split_heads(self.w_k(kv))
+        v = self.split_heads(self.w_v(kv))
+        if cache is not None:
+            k, v = cache.update(k, v)
+        L_q, L_k = q.shape[-2], k.shape[-2]
+        dropout_p = self.dropout if self.training else 0.0
+        if need_weights or self.record:
+            if is_causal:
+                mask = combine_masks(mask, causal_mask(L_q, L_k, device=x.device))
+            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, return_weights=True)
+            if self.record:
+                self.last_weights = weights.detach()
+            if not need_weights:
+                weights = None
+        else:
+            weights = None
+            if is_causal and mask is None and L_q == L_k:
+                out = fused_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            else:
+                if is_causal and L_q > 1:
+                    mask = combine_masks(mask, causal_mask(L_q, L_k, device=x.device))
+                out = fused_attention(q, k, v, mask, dropout_p)
+        return self.w_o(self.merge_heads(out)), weights
+
+
+class record_attention:
+    """Context manager: every ``MultiHeadAttention`` in ``model`` keeps its weights.
+
+        with record_attention(model) as maps:
+            model(x)
+        maps()  # {module name: (B, n_heads, L_q, L_k)}, in module order
+    """
+
+    def __init__(self, model: nn.Module):
+        self.modules = [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+
+    def __enter__(self):
+        for _, m in self.modules:
+            m.record, m.last_weights = True, None
+        return self.weights
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {n: m.last_weights for n, m in self.modules if m.last_weights is not None}
+
+    def __exit__(self, *exc):
+        for _, m in self.modules:
+            m.record = False
+        return False

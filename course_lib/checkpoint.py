@@ -1,0 +1,182 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, written atomically.
+
+A checkpoint is one ``.safetensors`` file. Its tensors are the model's state (keys
+``model.*``), and optionally the optimizer's tensors (``optim.*``) and RNG states
+(``rng.*``); its metadata holds JSON: the model config (``config``), and the training
+state (``train_state``: step, epoch, losses, the optimizer's scalars, ...). A
+readable ``config.json`` is written beside it. No pickle anywhere: loading a
+checkpoint never runs code.
+
+Writes go to a temporary file in the same folder, are flushed to disk, then moved
+over the old file with ``os.replace``, so a run killed mid-write leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+
+class CheckpointConfigError(ValueError):
+    """A checkpoint was written for another model configuration."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic_write(Path(path), write)
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage (tied weights) and non-contiguous tensors.
+    out, seen = {}, {}
+    for key, t in tensors.items():
+        t = t.detach()
+        ptr = (t.data_ptr(), t.dtype, tuple(t.shape)) if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()
+        elif ptr is not None:
+            seen[ptr] = key
+        out[key] = t.contiguous().cpu()
+    return out
+
+
+def flatten_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON."""
+    tensors, scalars = {}, {}
+    for pid, pstate in state_dict["state"].items():
+        for name, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{name}"] = value
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """Inverse of ``flatten_optimizer_state``: a dict for ``optimizer.load_state_dict``."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """torch's CPU (and CUDA) RNG states as tensors, so that a resumed run draws the same."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"cuda{i}"] = s
+    return states
+
+
+def set_rng_state(states: dict[str, torch.Tensor]) -> None:
+    if "cpu" in states:
+        torch.set_rng_state(states["cpu"].to(torch.uint8))
+    cuda = [states[k].to(torch.uint8) for k in sorted(states) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module | dict[str, torch.Tensor],
+    config: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+    train_state: dict | None = None,
+    save_rng: bool = True,
+) -> Path:
+    """Write ``model`` (module or state dict), ``config`` and the training state to ``path``.
+
+    ``config`` must be JSON-serialisable (a dataclass's ``asdict``). ``config.json`` is
+    written beside the checkpoint for people to read; loading uses the copy inside.
+    """
+    path = Path(path)
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    tensors = {f"model.{k}": v for k, v in state.items()}
+    meta: dict[str, Any] = {"config": config, "train_state": dict(train_state or {})}
+    if optimizer is not None:
+        opt_tensors, opt_meta = flatten_optimizer_state(optimizer.state_dict())
+        tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+        meta["optimizer"] = opt_meta
+    if save_rng:
+        tensors.update({f"rng.{k}": v for k, v in rng_state().items()})
+    metadata = {k: json.dumps(v) for k, v in meta.items()}
+    tensors = _contiguous(tensors)
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write_text(path.with_name("config.json"), json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON parts of a checkpoint (``config``, ``train_state``, ...), without tensors."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}; train first or check the path.")
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    return {k: json.loads(v) for k, v in raw.items()}
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint: ``{"model": state_dict, "config", "train_state", "optimizer", "rng"}``.
+
+    ``optimizer`` is a dict ready for ``optimizer.load_state_dict`` (or None).
+    """
+    meta = read_metadata(path)
+    tensors = load_file(str(path), device=str(device))
+    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}}
+    for key, value in tensors.items():
+        prefix, name = key.split(".", 1)
+        groups[prefix][name] = value
+    optimizer = None
+    if "optimizer" in meta:
+        optimizer = unflatten_optimizer_state(groups["optim"], meta["optimizer"])
+    return {
+        "model": groups["model"],
+        "config": meta.get("config", {}),
+        "train_state": meta.get("train_state", {}),
+        "optimizer": optimizer,
+        "rng": {k: v.cpu() for k, v in groups["rng"].items()},
+    }
+
+
+def check_config(expected: dict, found: dict, path: str | Path = "checkpoint") -> None:
+    """Raise ``CheckpointConfigError`` naming every field where the two configs differ."""
+    keys = sorted(set(expected) | set(found))
+    diffs = [
+        f"{k}: checkpoint has {found.get(k, '<missing>')!r}, model has {expected.get(k, '<missing>')!r}"
+        for k in keys
+        if expected.get(k) != found.get(k)
+    ]
+    if diffs:
+        raise CheckpointConfigError(
+            f"{path} was written for another model configuration ("
+            + "; ".join(diffs)
+            + "). Build the model from the checkpoint's own config, or point to a checkpoint "
+            "of this configuration."
+        )

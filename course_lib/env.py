@@ -1,0 +1,113 @@
+"""Device choice, reproducibility and the CPU/GPU scale switch.
+
+- ``get_device()`` picks CUDA, then Apple's MPS (only on torch >= 2.4, where it
+  trains these models correctly), then the CPU. ``COURSE_DEVICE=cpu`` (or ``cuda``,
+  ``cuda:1``, ``mps``) overrides the choice.
+- ``seed_everything(seed)`` seeds Python, NumPy and torch in one call.
+- ``get_scale()`` is ``"small"`` on a CPU (and in CI) and ``"full"`` on a GPU;
+  ``COURSE_SCALE=small|full`` overrides it. ``pick(small=..., full=...)`` returns
+  the value for the current scale, which is how every notebook sizes itself.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SCALES = ("small", "full")
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def mps_is_usable() -> bool:
+    """MPS is used only where it is known to train these models correctly."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available() and _torch_version() >= (2, 4))
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device to run on: ``prefer``, else ``$COURSE_DEVICE``, else CUDA > MPS > CPU."""
+    choice = prefer or os.environ.get("COURSE_DEVICE")
+    if choice:
+        device = torch.device(choice)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"COURSE_DEVICE={choice!r} asks for CUDA, but torch sees no CUDA GPU; "
+                "unset COURSE_DEVICE or set it to 'cpu'."
+            )
+        if device.type == "mps" and not mps_is_usable():
+            raise RuntimeError(
+                f"COURSE_DEVICE={choice!r} asks for MPS, which is not available here; "
+                "unset COURSE_DEVICE or set it to 'cpu'."
+            )
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if mps_is_usable():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def get_scale(device: torch.device | str | None = None) -> str:
+    """``"full"`` on a CUDA GPU, ``"small"`` elsewhere; ``$COURSE_SCALE`` overrides."""
+    scale = os.environ.get("COURSE_SCALE")
+    if scale:
+        if scale not in SCALES:
+            raise ValueError(f"COURSE_SCALE={scale!r} is not one of {SCALES}; unset it or pick one.")
+        return scale
+    device = torch.device(device) if device is not None else get_device()
+    return "full" if device.type == "cuda" else "small"
+
+
+def pick(small, full, scale: str | None = None):
+    """Return ``small`` or ``full`` according to the scale (see ``get_scale``)."""
+    return full if (scale or get_scale()) == "full" else small
+
+
+def seed_everything(seed: int = 1337) -> int:
+    """Seed Python's ``random``, NumPy and torch (all devices). Returns the seed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    return seed
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def export_dir(name: str = "") -> Path:
+    """Folder where notebooks save their plots: ``$COURSE_EXPORT_DIR`` or ``./exports``.
+
+    The README's headless run sets ``COURSE_EXPORT_DIR``; in a notebook the folder is
+    ``exports/`` beside the notebook. ``name`` adds a sub-folder (one per notebook).
+    """
+    root = Path(os.environ.get("COURSE_EXPORT_DIR", "exports"))
+    path = root / name if name else root
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def progress_disabled() -> bool:
+    """True when progress bars are switched off (``TQDM_DISABLE=1``, as CI sets)."""
+    return os.environ.get("TQDM_DISABLE", "").lower() in {"1", "true", "yes"}
+
+
+def describe() -> str:
+    """One line saying what this session runs on (printed by every notebook)."""
+    device = get_device()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return (
+        f"torch {torch.__version__} | device {name} | scale {get_scale(device)} | "
+        f"python {sys.version.split()[0]}"
+    )
