@@ -62,6 +62,14 @@ def load_pairs(source: str, split: str = "train", n: int | None = None, seed: in
         cut = max(1, len(pairs) // 100)  # the last 1% as validation
         pairs = pairs[:-cut] if split == "train" else pairs[-cut:]
         return pairs[:n] if n else pairs
+    if split != "train" and Path(source).name == "train":  # .../train -> .../val (or valid, dev)
+        for name in ("val", "valid", "dev"):
+            sibling = Path(source).with_name(name)
+            if any(Path(f"{sibling}.en{gz}").exists() for gz in ("", ".gz")):
+                source = str(sibling)
+                break
+        else:
+            raise FileNotFoundError(f"no validation files beside {source}; pass them with valid_data / --valid-data.")
     pairs = read_parallel_files(source)
     return pairs[:n] if n else pairs
 

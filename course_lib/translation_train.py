@@ -162,7 +162,7 @@ def evaluate_loss(model, examples, batch_size: int = 64, amp: bool = True) -> fl
 def train(model, tokenizer, train_pairs, valid_pairs, cfg: TrainConfig, out_dir=None, resume: bool = False,
           log=print) -> dict:
     """Train ``model`` on (source, target) text pairs; returns the history
-    ``{"step", "epoch", "losses": [(step, loss)], "val_losses": [(step, loss)], ...}``.
+    ``{"step", "epoch", "losses": [[step, loss]], "val_losses": [[step, loss]], ...}``.
 
     ``out_dir``: where the checkpoint and ``tokenizer.json`` go (None: no checkpoints).
     ``resume=True`` continues from ``out_dir/checkpoint.safetensors`` if there is one.
@@ -205,7 +205,7 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TrainConfig, out_dir=
             save_checkpoint(ckpt_path, model, model.config.to_dict(), opt, state)
 
     def validate():
-        state["val_losses"].append((state["step"], round(evaluate_loss(model, valid, cfg.batch_size, cfg.amp), 5)))
+        state["val_losses"].append([state["step"], round(evaluate_loss(model, valid, cfg.batch_size, cfg.amp), 5)])
 
     model.train()
     bar = tqdm(total=total, initial=state["step"], disable=progress_disabled(), desc="train", unit="step")
@@ -224,7 +224,7 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TrainConfig, out_dir=
             opt.step()
             window.append(float(loss.detach()))
             if len(window) == cfg.log_every or state["step"] == total:
-                state["losses"].append((state["step"], round(sum(window) / len(window), 5)))
+                state["losses"].append([state["step"], round(sum(window) / len(window), 5)])
                 window = []
             bar.update(1)
             bar.set_postfix(loss=f"{window[-1] if window else float(loss.detach()):.3f}", epoch=state["epoch"])
@@ -264,5 +264,97 @@ def plot_losses(history: dict, title: str = "translation Transformer"):
     return fig
 
 
+def evaluate_translations(model, tokenizer, pairs, beam_size: int = 1) -> dict:
+    """Translate the sources of ``pairs``; corpus BLEU (sacrebleu) and exact-match rate."""
+    import sacrebleu
+
+    from course_lib.decoding import translate
+
+    hyps = translate(model, tokenizer, [s for s, _ in pairs], beam_size=beam_size, warn=lambda m: None)
+    refs = [tokenizer.decode(tokenizer.encode(t)) for _, t in pairs]  # the reference as the tokenizer writes it
+    exact = sum(h == r for h, r in zip(hyps, refs))
+    bleu = sacrebleu.corpus_bleu(hyps, [refs]).score if pairs else float("nan")
+    return {"bleu": bleu, "exact": exact, "n": len(pairs), "hypotheses": hyps, "references": refs}
+
+
+def _parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m course_lib.train translate",
+                                description="Train the encoder-decoder Transformer for translation (notebook 07).")
+    p.add_argument("--config", help="JSON config (our names or the original course's: train_data, model_dim, ...)")
+    p.add_argument("--data", dest="train_data", help="'generated' (default), 'talks' (hub) or a local prefix "
+                   "such as ../shared/data/multi30k/train (files PREFIX.en(.gz), PREFIX.de(.gz))")
+    p.add_argument("--valid-data", dest="valid_data", help="validation source (default: the matching split)")
+    for name, typ in [("n_train", int), ("n_valid", int), ("bpe_vocab_size", int), ("epochs", int),
+                      ("max_steps", int), ("batch_size", int), ("warmup", int), ("lr_scale", float),
+                      ("learning_rate", float), ("label_smoothing", float), ("checkpoint_every", int),
+                      ("log_every", int), ("seed", int)]:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ)
+    p.add_argument("--tokenizer", choices=["word", "bpe"])
+    p.add_argument("--device")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
+    for name, typ in [("d_model", int), ("n_heads", int), ("n_layers", int), ("d_ff", int), ("dropout", float),
+                      ("max_len", int)]:
+        p.add_argument("--" + name.replace("_", "-"), dest="m_" + name, type=typ)
+    p.add_argument("--norm-first", dest="m_norm_first", action="store_true", default=None, help="pre-norm")
+    p.add_argument("--activation", dest="m_activation", choices=["relu", "gelu"])
+    p.add_argument("--out", default="runs/translate", help="folder for checkpoint.safetensors, tokenizer.json, loss.png")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    return p
+
+
+SMALL_MODEL = {"d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 128, "dropout": 0.0, "max_len": 64}
+
+
+def cli_main(argv=None) -> int:
+    from course_lib.checkpoint import read_metadata
+    from course_lib.env import seed_everything
+    from course_lib.plotting import save_figure
+    from course_lib.transformer import Transformer
+    from course_lib.translation_data import load_pairs, load_tokenizer
+
+    args = _parser().parse_args(argv)
+    model_kw, train_kw = {}, {}
+    if args.config:
+        model_kw, tcfg = load_config(args.config)
+        train_kw = asdict(tcfg)
+    for key, value in vars(args).items():
+        if value is None or key in ("config", "out", "resume"):
+            continue
+        (model_kw if key.startswith("m_") else train_kw)[key.removeprefix("m_")] = value
+    cfg = TrainConfig(**train_kw)
+    out = Path(args.out)
+    seed_everything(cfg.seed)
+    device = get_device(cfg.device)
+    train_pairs = load_pairs(cfg.train_data, "train", cfg.n_train, cfg.seed)
+    valid_src = cfg.valid_data or cfg.train_data
+    valid_pairs = load_pairs(valid_src, "valid" if valid_src == cfg.train_data else "train", cfg.n_valid, cfg.seed)
+    print(f"data: {len(train_pairs)} training pairs from {cfg.train_data}, {len(valid_pairs)} validation pairs")
+    if args.resume and (out / CHECKPOINT).exists():
+        tokenizer = load_tokenizer(out / TOKENIZER)  # the vocabulary the checkpoint was trained with
+        found = read_metadata(out / CHECKPOINT)["config"]
+        mcfg = TransformerConfig.from_dict({**SMALL_MODEL, **model_kw, "src_vocab_size": tokenizer.vocab_size,
+                                            "tgt_vocab_size": tokenizer.vocab_size})
+        check_config(mcfg.to_dict(), found, out / CHECKPOINT)
+    else:
+        tokenizer = build_tokenizer(train_pairs, cfg.tokenizer, cfg.bpe_vocab_size)
+        mcfg = TransformerConfig.from_dict({**SMALL_MODEL, **model_kw, "src_vocab_size": tokenizer.vocab_size,
+                                            "tgt_vocab_size": tokenizer.vocab_size})
+    model = Transformer(mcfg).to(device)
+    print(f"model: {model.num_parameters():,} parameters on {device}; vocabulary {tokenizer.vocab_size}")
+    history = train(model, tokenizer, train_pairs, valid_pairs, cfg, out_dir=out, resume=args.resume)
+    save_figure(plot_losses(history), out / "loss", formats=("png",))
+    if history["val_losses"]:
+        print(f"step {history['step']}: validation loss {history['val_losses'][-1][1]:.4f}")
+    result = evaluate_translations(model, tokenizer, valid_pairs[:200])
+    print(f"greedy on {result['n']} validation pairs: BLEU {result['bleu']:.2f}, exact match "
+          f"{result['exact']}/{result['n']}")
+    for (src, _), hyp in list(zip(valid_pairs, result["hypotheses"]))[:3]:
+        print(f"  {src}  ->  {hyp}")
+    print(f"checkpoint: {out / CHECKPOINT}  (translate: python -m course_lib.translate {out} \"sentence\")")
+    return 0
+
+
 __all__ = ["SPECIALS", "TrainConfig", "build_tokenizer", "load_config", "noam_lr", "make_batches", "collate",
-           "batch_loss", "evaluate_loss", "train", "plot_losses", "get_device"]
+           "batch_loss", "evaluate_loss", "train", "plot_losses", "evaluate_translations", "cli_main"]

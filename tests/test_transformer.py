@@ -15,6 +15,15 @@ from course_lib.transformer import Transformer, TransformerConfig
 D, H, FF = 16, 4, 24
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight the other test worker)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _copy_mha(ours, theirs: nn.MultiheadAttention):
     with torch.no_grad():
         theirs.in_proj_weight.copy_(torch.cat([ours.w_q.weight, ours.w_k.weight, ours.w_v.weight]))
