@@ -250,18 +250,21 @@ def test_get_tokenizer_course_and_failure(monkeypatch, capsys):
 
 
 def test_exercise_solutions_nb01():
-    from collections import Counter
+    """Each solution against tiktoken built from the same merges (one chunk: no pre-split)."""
+    from course_lib.solutions import nb01
 
-    count_pairs, merge_pair, train_bpe = (solution(f"nb01.{f}") for f in ("count_pairs", "merge_pair", "train_bpe"))
-    ids = list(b"the cat and the hat")
-    assert count_pairs(ids) == dict(Counter(zip(ids, ids[1:])))
-    # merge: compare with str.replace on a text whose ids are distinct characters
-    for seq, pair, new in [([1, 2, 3, 1, 2, 1], (1, 2), 9), ([7, 7, 7, 7, 7], (7, 7), 8)]:
-        s = "".join(chr(65 + i) for i in seq).replace(chr(65 + pair[0]) + chr(65 + pair[1]), chr(65 + new))
-        assert merge_pair(seq, pair, new) == [ord(c) - 65 for c in s]
-    for text in ["aaabdaaabac", "hello hello hello world", "abababab"]:
-        whole = bpe.train_merges(text, 3, pattern=r"(?s).+")  # one chunk, as the exercise does
-        assert train_bpe(text, 3) == [p for p, _ in whole]
-    for name in ("count_pairs", "merge_pair", "train_bpe"):
+    rng = random.Random(0)
+    texts = ["aaabdaaabac", "hello hello, ll!", "héllo wörld 🤗", generated_corpus(300, seed=4)]
+    for merges in (nb01.MERGES_A, nb01.MERGES_HELLO, [p for p, _ in bpe.train_merges(texts[-1], 40)]):
+        vocab = nb01.token_bytes(merges)
+        enc = tiktoken.Encoding("ex", pat_str=r"[\s\S]+", special_tokens={},
+                                mergeable_ranks={b: i for i, b in enumerate(vocab)})
+        assert vocab == [enc.decode_single_token_bytes(i) for i in range(enc.n_vocab)]
+        for text in texts:
+            assert nb01.encode_chunk(text, merges) == enc.encode(text)
+        ids = [rng.randrange(len(vocab)) for _ in range(30)]
+        assert nb01.decode_ids(ids, merges) == enc.decode(ids)
+    for name in ("token_bytes", "decode_ids", "encode_chunk"):
         assert check(solution(f"nb01.{name}"), f"nb01.{name}", verbose=False)
         assert not check(lambda *a: None, f"nb01.{name}", verbose=False)
+    assert not check(lambda text, merges: list(text.encode()), "nb01.encode_chunk", verbose=False)

@@ -1,51 +1,64 @@
-"""Solutions of notebook 01 (tokenization). Try the exercises before reading these!"""
+"""Solutions of notebook 01 (tokenization). Try the exercises before reading these!
+
+A merge list ``merges[i] = (left_id, right_id)`` makes token ``256 + i``; ids 0..255
+are the single bytes.
+"""
 
 from __future__ import annotations
 
 
-def count_pairs(ids: list[int]) -> dict:
-    """How often each adjacent pair occurs: ``[5, 6, 5, 6]`` -> ``{(5, 6): 2, (6, 5): 1}``."""
-    counts: dict = {}
-    for a, b in zip(ids, ids[1:]):
-        counts[(a, b)] = counts.get((a, b), 0) + 1
-    return counts
+def token_bytes(merges: list[tuple[int, int]]) -> list[bytes]:
+    """The byte string of every token: 256 single bytes, then one per merge."""
+    vocab = [bytes([i]) for i in range(256)]
+    for left, right in merges:
+        vocab.append(vocab[left] + vocab[right])
+    return vocab
 
 
-def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace each occurrence of ``pair`` (scanning left to right) by ``new_id``."""
-    out, i = [], 0
-    while i < len(ids):
-        if tuple(ids[i : i + 2]) == tuple(pair):
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
+def decode_ids(ids: list[int], merges: list[tuple[int, int]]) -> str:
+    """Token ids -> text; bytes that are not valid UTF-8 become '\ufffd'."""
+    vocab = token_bytes(merges)
+    return b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
 
 
-def train_bpe(text: str, n_merges: int) -> list[tuple[int, int]]:
-    """The plain BPE loop on the UTF-8 bytes of ``text`` (no pre-splitting): merge the most
-    frequent pair, the smaller pair on ties, ``n_merges`` times; merge i makes id 256 + i."""
+def encode_chunk(text: str, merges: list[tuple[int, int]]) -> list[int]:
+    """Encode ``text`` as one chunk: start from its UTF-8 bytes and, while some adjacent
+    pair has a merge, apply the earliest merge (lowest id) to all its occurrences."""
+    rank = {tuple(pair): 256 + i for i, pair in enumerate(merges)}
     ids = list(text.encode("utf-8"))
-    merges = []
-    for i in range(n_merges):
-        counts = count_pairs(ids)
-        if not counts:
-            break
-        pair = min(counts, key=lambda p: (-counts[p], p))
-        ids = merge_pair(ids, pair, 256 + i)
-        merges.append(pair)
-    return merges
+    while True:
+        pairs = [p for p in zip(ids, ids[1:]) if p in rank]
+        if not pairs:
+            return ids
+        pair = min(pairs, key=rank.get)
+        out, i = [], 0
+        while i < len(ids):
+            if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+                out.append(rank[pair])
+                i += 2
+            else:
+                out.append(ids[i])
+                i += 1
+        ids = out
 
+
+# "aaabdaaabac" -> aa, ab, aa+ab;  "hello world" -> ll, he, he+ll, hell+o, " w", " w"+o
+MERGES_A = [(97, 97), (97, 98), (256, 257)]
+MERGES_HELLO = [(108, 108), (104, 101), (257, 256), (258, 111), (32, 119), (260, 111)]
 
 CASES = {
-    "count_pairs": [([1, 2, 3, 1, 2],), ([7, 7, 7, 7],), ([42],), (list(b"hello hello"),)],
-    "merge_pair": [
-        ([1, 2, 3, 1, 2], (1, 2), 256),
-        ([7, 7, 7], (7, 7), 300),
-        ([5, 6, 5], (6, 7), 257),
-        (list(b"aaabdaaabac"), (97, 97), 256),
+    "token_bytes": [(MERGES_A,), (MERGES_HELLO,), ([],)],
+    "decode_ids": [
+        ([256, 257, 100, 258], MERGES_A),
+        ([259, 261, 114, 108, 100], MERGES_HELLO),
+        ([104, 195, 169, 33], []),
+        ([104, 195], []),
     ],
-    "train_bpe": [("aaabdaaabac", 3), ("hello hello hello world", 5), ("abababab", 4)],
+    "encode_chunk": [
+        ("aaabdaaabac", MERGES_A),
+        ("hello world", MERGES_HELLO),
+        ("hello hello, ll!", MERGES_HELLO),
+        ("aaaaaaa", MERGES_A),
+        ("héllo 🤗", MERGES_HELLO),
+    ],
 }
