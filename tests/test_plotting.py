@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from course_lib.attention import causal_mask
-from course_lib.plotting import FORMATS, attention_grid, heatmap, save_figure
+from course_lib.plotting import FORMATS, attention_grid, heatmap, lines, save_figure, scatter_2d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENS = ["the", "cat", "sat", "on", "the", "mat"]
@@ -27,6 +27,9 @@ def figures():
         "masked": heatmap(scores, TOKENS, TOKENS, mask=causal_mask(6), annotate=True, cmap="coolwarm"),
         "grid": attention_grid(w, TOKENS, TOKENS, title="layers x heads", row_names=["enc 0", "enc 1"]),
         "grid3d": attention_grid(w[0]),
+        "scatter": scatter_2d(torch.randn(6, 2, generator=g), TOKENS, ["a", "b", "a", "b", "c", "c"], title="2-D"),
+        "lines": lines({"sin": torch.arange(10.0).sin(), "cos": (torch.arange(5.0), torch.arange(5.0).cos())},
+                       xlabel="position", logy=False),
     }
 
 
@@ -40,6 +43,8 @@ def test_every_helper_returns_a_figure():
     assert [t.get_text() for t in ax.get_yticklabels()] == TOKENS
     # the masked heatmap hatches exactly the 15 cells above the diagonal
     assert len(figs["masked"].axes[0].patches) == 15
+    assert len(figs["scatter"].axes[0].texts) == 6 and len(figs["scatter"].axes[0].collections) == 3
+    assert [len(line.get_xdata()) for line in figs["lines"].axes[0].lines] == [10, 5]
     fig, ax = plt.subplots()
     assert heatmap(torch.eye(3), ax=ax, colorbar=False) is fig
     plt.close("all")
@@ -50,6 +55,8 @@ def test_helpers_reject_wrong_shapes_and_formats(tmp_path):
         heatmap(torch.zeros(2, 3, 4))
     with pytest.raises(ValueError, match="layers, heads"):
         attention_grid(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="project to 2-D"):
+        scatter_2d(torch.zeros(4, 3))
     fig = heatmap(torch.eye(2))
     with pytest.raises(ValueError, match="unknown figure format"):
         save_figure(fig, tmp_path / "x", formats=("jpg",))
@@ -82,7 +89,7 @@ def test_save_figure_is_byte_identical_across_runs(tmp_path):
             assert [p.suffix for p in written] == [f".{f}" for f in FORMATS]
         plt.close("all")
         runs.append(digests(tmp_path / run))
-    assert len(runs[0]) == 4 * len(FORMATS)
+    assert len(runs[0]) == 6 * len(FORMATS)
     assert runs[0] == runs[1]
     # a fresh interpreter (new ids, new font cache state) writes the same bytes
     code = SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests"), out=str(tmp_path / "c"))
