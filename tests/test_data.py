@@ -88,6 +88,9 @@ def test_hub_rows_are_read_when_reachable(monkeypatch):
     assert pairs == [("hello 0", "hallo 0"), ("hello 1", "hallo 1")]
     assert calls[-1] == ("sentence-transformers/parallel-sentences-talks", "en-de", "dev", 2)
     assert load_parallel("talks", max_pairs=1, src_lang="de", tgt_lang="en") == [("hallo 0", "hello 0")]
+    assert calls[-1][1:3] == ("en-de", "train")
+    load_parallel("talks", max_pairs=1, tgt_lang="fr")
+    assert calls[-1][1] == "en-fr"
 
 
 def write(path, lines, gz):
