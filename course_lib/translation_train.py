@@ -170,6 +170,9 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TrainConfig, out_dir=
     device = torch.device(cfg.device) if cfg.device else next(model.parameters()).device
     model.to(device)
     ids = special_ids(tokenizer)
+    if ids["<pad>"] != model.config.pad_id:
+        raise ValueError(f"the tokenizer's <pad> is id {ids['<pad>']} but the model's pad_id is "
+                         f"{model.config.pad_id}; build the model with pad_id=tokenizer.special_tokens['<pad>'].")
     max_len = model.config.max_len
     examples, dropped = encode_pairs(tokenizer, train_pairs, max_len)
     if dropped:
@@ -324,23 +327,26 @@ def cli_main(argv=None) -> int:
             continue
         (model_kw if key.startswith("m_") else train_kw)[key.removeprefix("m_")] = value
     cfg = TrainConfig(**train_kw)
+    model_kw = {COURSE_MODEL_KEYS.get(k, k): v for k, v in model_kw.items()}  # model_dim -> d_model, ...
     out = Path(args.out)
     seed_everything(cfg.seed)
     device = get_device(cfg.device)
     train_pairs = load_pairs(cfg.train_data, "train", cfg.n_train, cfg.seed)
     valid_src = cfg.valid_data or cfg.train_data
-    valid_pairs = load_pairs(valid_src, "valid" if valid_src == cfg.train_data else "train", cfg.n_valid, cfg.seed)
+    valid_pairs = load_pairs(valid_src, "val", cfg.n_valid, cfg.seed)
     print(f"data: {len(train_pairs)} training pairs from {cfg.train_data}, {len(valid_pairs)} validation pairs")
     if args.resume and (out / CHECKPOINT).exists():
         tokenizer = load_tokenizer(out / TOKENIZER)  # the vocabulary the checkpoint was trained with
         found = read_metadata(out / CHECKPOINT)["config"]
         mcfg = TransformerConfig.from_dict({**SMALL_MODEL, **model_kw, "src_vocab_size": tokenizer.vocab_size,
-                                            "tgt_vocab_size": tokenizer.vocab_size})
+                                            "tgt_vocab_size": tokenizer.vocab_size,
+                                            "pad_id": tokenizer.special_tokens["<pad>"]})
         check_config(mcfg.to_dict(), found, out / CHECKPOINT)
     else:
         tokenizer = build_tokenizer(train_pairs, cfg.tokenizer, cfg.bpe_vocab_size)
         mcfg = TransformerConfig.from_dict({**SMALL_MODEL, **model_kw, "src_vocab_size": tokenizer.vocab_size,
-                                            "tgt_vocab_size": tokenizer.vocab_size})
+                                            "tgt_vocab_size": tokenizer.vocab_size,
+                                            "pad_id": tokenizer.special_tokens["<pad>"]})
     model = Transformer(mcfg).to(device)
     print(f"model: {model.num_parameters():,} parameters on {device}; vocabulary {tokenizer.vocab_size}")
     history = train(model, tokenizer, train_pairs, valid_pairs, cfg, out_dir=out, resume=args.resume)
