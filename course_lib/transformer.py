@@ -252,3 +252,28 @@ class Transformer(nn.Module):
 
     def new_caches(self) -> list[KVCache]:
         return [KVCache() for _ in self.decoder_layers]
+
+
+@torch.no_grad()
+def attention_maps(model: Transformer, src: torch.Tensor, tgt: torch.Tensor, index: int = 0) -> dict[str, torch.Tensor]:
+    """The three kinds of attention for sentence ``index`` of a teacher-forced batch, each
+    ``(layers, heads, L_q, L_k)``: ``"encoder"`` self-attention ``(L_src, L_src)``,
+    ``"decoder_self"`` masked self-attention ``(L_tgt, L_tgt)``, and ``"cross"``: the
+    decoder's attention over the source ``(L_tgt, L_src)``, i.e. the alignment between
+    the two sentences (read from the ``cross_attn`` modules, not the self-attention)."""
+    from course_lib.attention import record_attention
+
+    was_training = model.training
+    model.eval()
+    with record_attention(model) as maps:
+        model(src, tgt)
+    w = maps()
+    model.train(was_training)
+
+    def stack(stack_name, module, n):
+        return torch.stack([w[f"{stack_name}.{i}.{module}"][index] for i in range(n)])
+
+    n_enc, n_dec = len(model.encoder_layers), len(model.decoder_layers)
+    return {"encoder": stack("encoder_layers", "self_attn", n_enc),
+            "decoder_self": stack("decoder_layers", "self_attn", n_dec),
+            "cross": stack("decoder_layers", "cross_attn", n_dec)}

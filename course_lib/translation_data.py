@@ -22,19 +22,20 @@ __all__ = ["SPECIALS", "load_pairs", "build_tokenizer", "load_tokenizer", "speci
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 
-def load_pairs(source: str, split: str = "train", n: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
+def load_pairs(source: str, split: str = "train", n: int | None = None, seed: int = 0,
+               n_train: int = 20000) -> list[tuple[str, str]]:
     """(English, German) pairs from ``source``; ``split``: "train" or "val".
 
     ``"generated"``: ``grammar.train_test_split``, so the "val" sentences never occur in
-    the training set. Anything else goes through ``course_lib.data.load_parallel``; a
+    the ``n_train`` training pairs. Anything else goes through ``course_lib.data.load_parallel``; a
     local prefix ``.../train`` reads ``.../val`` (or ``valid``, ``dev``) for "val".
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}.")
     if source == "generated":
-        train, held_out = grammar.train_test_split(n or 20000 if split == "train" else 20000,
-                                                   400 if split == "train" else n or 400, seed)
-        return train if split == "train" else held_out
+        if split == "train":
+            return grammar.generate_pairs(n or n_train, seed)
+        return grammar.train_test_split(n_train, n or 400, seed)[1]
     if split == "val" and Path(source).name == "train" and Path(source).parent.is_dir():
         for name in ("val", "valid", "dev"):
             sibling = Path(source).with_name(name)

@@ -333,7 +333,7 @@ def cli_main(argv=None) -> int:
     device = get_device(cfg.device)
     train_pairs = load_pairs(cfg.train_data, "train", cfg.n_train, cfg.seed)
     valid_src = cfg.valid_data or cfg.train_data
-    valid_pairs = load_pairs(valid_src, "val", cfg.n_valid, cfg.seed)
+    valid_pairs = load_pairs(valid_src, "val", cfg.n_valid, cfg.seed, n_train=cfg.n_train)
     print(f"data: {len(train_pairs)} training pairs from {cfg.train_data}, {len(valid_pairs)} validation pairs")
     if args.resume and (out / CHECKPOINT).exists():
         tokenizer = load_tokenizer(out / TOKENIZER)  # the vocabulary the checkpoint was trained with
