@@ -14,9 +14,9 @@ import time
 import torch
 
 from course_lib import grammar
+from course_lib.transformer import Transformer, TransformerConfig
 from course_lib.translation_data import build_tokenizer
 from course_lib.translation_train import TrainConfig, train
-from course_lib.transformer import Transformer, TransformerConfig
 
 
 def main() -> None:

@@ -21,12 +21,16 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+with warnings.catch_warnings():  # tqdm.auto warns in notebooks without ipywidgets; it then falls back
+    warnings.simplefilter("ignore")
+    from tqdm.auto import tqdm
 
 from course_lib.checkpoint import check_config, load_checkpoint, save_checkpoint, set_rng_state
 from course_lib.env import get_device, progress_disabled

@@ -259,3 +259,20 @@ def test_cli_config_file_with_course_names(tmp_path):
     res = subprocess.run([sys.executable, "-m", "course_lib.train", "translate", "--config", str(config)],
                          env=_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode != 0 and "not divisible" in res.stderr
+
+
+def test_real_data_with_bpe_and_a_nonzero_pad_id(shared_data):
+    """The GPU-scale path on a CPU budget: Multi30k lines, a byte-level BPE whose special
+    tokens (so <pad>) come after the merges, a few training steps, then translation."""
+    pairs = load_pairs(str(shared_data / "multi30k" / "train"), "train", n=300)
+    tok = build_tokenizer(pairs, "bpe", vocab_size=400)
+    pad = tok.special_tokens["<pad>"]
+    assert pad != 0
+    model = Transformer(TransformerConfig(src_vocab_size=tok.vocab_size, tgt_vocab_size=tok.vocab_size, d_model=16,
+                                          n_heads=2, n_layers=1, d_ff=16, max_len=128, pad_id=pad))
+    hist = train(model, tok, pairs, pairs[:16], TrainConfig(max_steps=3, batch_size=16, warmup=2), log=lambda m: None)
+    assert hist["step"] == 3 and hist["val_losses"]
+    out = translate(model, tok, [pairs[0][0]], max_new_tokens=5)
+    assert isinstance(out[0], str)
+    with pytest.raises(ValueError, match="pad_id"):
+        train(_tiny(tok), tok, pairs, [], TrainConfig(max_steps=1))
