@@ -1,0 +1,437 @@
+"""Scaling out: data parallelism with PyTorch's own engine (DDP and FSDP).
+
+Every process (a *rank*) runs the same training script on its own part of each batch.
+
+- **DDP** (DistributedDataParallel): every rank holds the whole model, its gradients
+  and the optimizer state; after ``backward`` the gradients are averaged across ranks
+  (all-reduce), so every rank takes the same optimizer step.
+- **FSDP** (fully sharded data parallel, ZeRO stage 3 in Rajbhandari et al., 2020:
+  "partition the model states ... across data parallel processes"): each rank keeps
+  only a 1/N shard of every parameter, gradient and optimizer state. A block's full
+  parameters are gathered just before it runs and freed after; gradients are
+  reduce-scattered so each rank gets the averaged gradient of its own shard.
+
+Launch with ``torchrun`` (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT); without it, ``setup()`` returns a single process (world size 1, no
+process group) and everything here is a no-op, so one script serves both cases.
+
+    ctx = setup()                                      # from torchrun's environment
+    model = wrap_model(model, ctx, "fsdp")             # or "ddp" (default)
+    optimizer = torch.optim.AdamW(model.parameters())  # after wrapping
+    x = shard(global_batch, ctx)                       # this rank's rows
+    with sync_gradients(model, last_micro_step): loss.backward()
+    save(path, model, config, optimizer, train_state, ctx)  # rank 0 writes a full checkpoint
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .env import get_device
+
+try:  # torch >= 2.6
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+except ImportError:  # torch 2.4 / 2.5
+    from torch.distributed._composable.fsdp import FSDPModule, fully_shard
+try:  # torch >= 2.5
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch 2.4
+    from torch.distributed._tensor import DTensor
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+STRATEGIES = ("ddp", "fsdp")
+MIN_PARAMS_PER_RANK = 1024  # below this, sharding costs more in messages than it saves
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: its rank among ``world_size`` and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: a single process, no process group
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 prints, shows progress and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def print(self, *args, **kwargs) -> None:
+        if self.is_main:
+            print(*args, **kwargs, flush=True)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def setup(device: str | torch.device | None = None, timeout_s: float | None = None) -> DistContext:
+    """Join the process group described by torchrun's environment variables.
+
+    NCCL on CUDA (one GPU per rank: ``cuda:LOCAL_RANK``), gloo on the CPU. Without
+    torchrun (no ``WORLD_SIZE``, or 1) this is a single process with no process group.
+    ``timeout_s`` (default ``$COURSE_DIST_TIMEOUT`` or 300 s) bounds the rendezvous.
+    """
+    world_size, rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    device = torch.device(device) if device is not None else get_device()
+    if device.type == "mps":  # no collective backend for MPS: ranks talk through the CPU
+        device = torch.device("cpu") if world_size > 1 else device
+    if world_size <= 1:
+        return DistContext(device=device)
+    if dist.is_initialized():
+        raise RuntimeError("a process group already exists; call cleanup() before setup() again.")
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise RuntimeError(
+            f"WORLD_SIZE={world_size} but {' and '.join(missing)} is not set, so the ranks cannot "
+            "meet. Launch with torchrun (`torchrun --nproc-per-node N -m course_lib.train ...`), "
+            "which sets them, or export MASTER_ADDR=<host of rank 0> MASTER_PORT=<free port>."
+        )
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    timeout_s = float(timeout_s or os.environ.get("COURSE_DIST_TIMEOUT", 300))
+    try:
+        dist.init_process_group(
+            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
+        )
+    except (RuntimeError, dist.DistError) as exc:
+        host, port = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
+        raise RuntimeError(
+            f"rank {rank} of {world_size} could not meet the others at {host}:{port} within "
+            f"{timeout_s:g} s ({type(exc).__name__}). Check that rank 0 runs and that host and port "
+            "are reachable from every machine (same --rdzv-endpoint / MASTER_ADDR:MASTER_PORT on "
+            "all nodes, port open in the firewall), or raise COURSE_DIST_TIMEOUT."
+        ) from exc
+    return DistContext(rank, world_size, local_rank, device, backend)
+
+
+def cleanup(ctx: DistContext | None = None) -> None:
+    """Leave the process group (safe to call on a single process)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------- data
+def rank_slice(global_batch: int, rank: int, world_size: int, accum_steps: int = 1) -> slice:
+    """Rows of the global batch that ``rank`` reads: the ``rank``-th of ``world_size`` equal parts.
+
+    The parts of all ranks, in rank order, are the global batch: N ranks together see
+    exactly the batch a single process would.
+    """
+    if global_batch % (world_size * accum_steps) != 0:
+        raise ValueError(
+            f"the global batch of {global_batch} rows cannot be split evenly over {world_size} "
+            f"rank(s) x {accum_steps} accumulation step(s): each rank must read the same number "
+            f"of rows for the averaged gradient to equal the single-process one. Pick a batch "
+            f"size that is a multiple of {world_size * accum_steps}, or change the number of "
+            "processes (--nproc-per-node) or of accumulation steps."
+        )
+    per_rank = global_batch // world_size
+    return slice(rank * per_rank, (rank + 1) * per_rank)
+
+
+def shard(batch: torch.Tensor, ctx: DistContext, accum_steps: int = 1) -> torch.Tensor:
+    """This rank's rows (dim 0) of a global batch (or of a tensor of sample indices)."""
+    return batch[rank_slice(batch.shape[0], ctx.rank, ctx.world_size, accum_steps)]
+
+
+def all_reduce_sum(value: float | torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum of ``value`` over all ranks (e.g. the global number of target tokens)."""
+    t = torch.as_tensor(value, dtype=torch.float64 if ctx.backend == "gloo" else torch.float32)
+    t = t.detach().clone().to(ctx.device)
+    if ctx.distributed:
+        dist.all_reduce(t)
+    return t
+
+
+def all_reduce_mean(value: float | torch.Tensor, ctx: DistContext) -> float:
+    """Mean over ranks (the global batch's loss when every rank reads as many rows)."""
+    return float(all_reduce_sum(value, ctx)) / ctx.world_size
+
+
+# ---------------------------------------------------------------------------- model
+def find_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks: every element of every ``nn.ModuleList``."""
+    return [m for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst]
+
+
+def wrap_model(
+    model: nn.Module,
+    ctx: DistContext,
+    strategy: str = "ddp",
+    blocks: list[nn.Module] | None = None,
+) -> nn.Module:
+    """Move ``model`` to the rank's device and wrap it with DDP or FSDP (``fully_shard``).
+
+    FSDP shards each block (``blocks``, default ``find_blocks(model)``) then the root,
+    so one block's full parameters exist at a time. On one process the model is
+    returned unwrapped. Build the optimizer *after* wrapping.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}.")
+    model = model.to(ctx.device)
+    if strategy == "fsdp":
+        blocks = find_blocks(model) if blocks is None else blocks
+        n_params = sum(p.numel() for p in model.parameters())
+        if ctx.world_size > 1 and not blocks:
+            raise ValueError(
+                f"FSDP shards a model block by block, and {type(model).__name__} has no block to "
+                "shard (no nn.ModuleList). Keep its layers in an nn.ModuleList, pass blocks=[...], "
+                "or use DDP (drop --fsdp)."
+            )
+        if n_params < ctx.world_size * MIN_PARAMS_PER_RANK:
+            raise ValueError(
+                f"{type(model).__name__} has {n_params} parameters, too few to shard over "
+                f"{ctx.world_size} ranks (FSDP wants at least {MIN_PARAMS_PER_RANK} per rank: "
+                f"{ctx.world_size * MIN_PARAMS_PER_RANK}). Use DDP (drop --fsdp) for a model this "
+                "small, or fewer ranks."
+            )
+    if not ctx.distributed:
+        return model
+    if strategy == "ddp":
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP (FSDP keeps the module itself)."""
+    return model.module if isinstance(model, DDP) else model
+
+
+@contextlib.contextmanager
+def sync_gradients(model: nn.Module, sync: bool = True):
+    """Gradient accumulation: communicate gradients only on the last micro-step.
+
+    Inside ``sync_gradients(model, False)`` the backward pass only accumulates local
+    gradients (DDP's ``no_sync``, FSDP's ``set_requires_gradient_sync(False)``);
+    the final micro-step's backward (``sync=True``) averages the sum across ranks.
+    """
+    if sync or not isinstance(model, (DDP, FSDPModule)):
+        yield
+    elif isinstance(model, DDP):
+        with model.no_sync():
+            yield
+    else:
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Clip the *global* gradient norm; returns it before clipping, same on all ranks.
+
+    Under DDP every rank holds the averaged gradients already; under FSDP the gradients
+    are DTensor shards and ``clip_grad_norm_`` reduces their norms across ranks.
+    """
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+_BROADCAST = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+
+
+class _StateDict:
+    """Stands in for an optimizer where ``save_checkpoint`` asks for ``state_dict()``."""
+
+    def __init__(self, state_dict: dict):
+        self._state_dict = state_dict
+
+    def state_dict(self) -> dict:
+        return self._state_dict
+
+
+def _index_keyed(osd: dict) -> dict:
+    """Optimizer state keyed by parameter name -> keyed by index, as ``optimizer.state_dict()``."""
+    names = [n for g in osd["param_groups"] for n in g["params"]]
+    index = {n: i for i, n in enumerate(names)}
+    return {
+        "state": {index[n]: s for n, s in osd["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]],
+    }
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's parameters in its own order, by their names in the unwrapped model."""
+    names = {}
+    for name, p in unwrap(model).named_parameters():
+        names.setdefault(id(p), name)
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def _name_keyed(osd: dict, names: list[str]) -> dict:
+    """Inverse of ``_index_keyed`` for this optimizer's parameters ``names``."""
+    return {
+        "state": {names[int(i)]: s for i, s in osd["state"].items()},
+        "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in osd["param_groups"]],
+    }
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None):
+    """Gather the full (unsharded) model and optimizer states on rank 0, on the CPU.
+
+    Returns ``(model_state, optimizer_state)``: the same keys as a single-process
+    ``model.state_dict()`` and ``optimizer.state_dict()`` (index-keyed), so the result
+    loads into one process as well as into any number of ranks. Other ranks get ``{}``.
+    Every rank must call this (it communicates).
+    """
+    model_sd = get_model_state_dict(model, options=_FULL)
+    optim_sd = None
+    if optimizer is not None:
+        optim_sd = get_optimizer_state_dict(model, optimizer, options=_FULL)
+        optim_sd = _index_keyed(optim_sd) if optim_sd else {}
+    return model_sd, optim_sd
+
+
+def save(path, model, config: dict, optimizer=None, train_state=None, ctx=DistContext()) -> Path:
+    """Rank 0 writes one full checkpoint (``course_lib.checkpoint`` format); all ranks call it."""
+    path = Path(path)
+    model_sd, optim_sd = full_state(model, optimizer)
+    if ctx.is_main:
+        state = {**(train_state or {}), "world_size": ctx.world_size}
+        opt = _StateDict(optim_sd) if optimizer is not None else None
+        save_checkpoint(path, model_sd, config, opt, state)
+    barrier(ctx)
+    return path
+
+
+def load(path, model: nn.Module, optimizer=None, ctx: DistContext = DistContext()) -> dict:
+    """Load a checkpoint written by any number of ranks into ``model`` (wrapped or not).
+
+    Rank 0 reads the file and broadcasts it; each rank keeps its own shard (FSDP) or a
+    full copy (DDP). The RNG state is restored on every rank. Returns the checkpoint
+    (``config``, ``train_state``, ...).
+    """
+    ckpt = load_checkpoint(path) if ctx.is_main or not ctx.distributed else {}
+    if not ctx.distributed:
+        unwrap(model).load_state_dict(ckpt["model"])
+        if optimizer is not None and ckpt["optimizer"] is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+    else:
+        set_model_state_dict(model, ckpt.get("model", {}), options=_BROADCAST)
+        if optimizer is not None:
+            osd = ckpt.get("optimizer") or {}
+            osd = _name_keyed(osd, _param_names(model, optimizer)) if osd else {}
+            set_optimizer_state_dict(model, optimizer, osd, options=_BROADCAST)
+        box = [{k: ckpt.get(k) for k in ("config", "train_state", "rng")}]
+        dist.broadcast_object_list(box, src=0)
+        ckpt = {**ckpt, **box[0]}
+    set_rng_state(ckpt["rng"])
+    return ckpt
+
+
+# ---------------------------------------------------------------------------- memory
+def _local_bytes(t: torch.Tensor) -> int:
+    t = t.to_local() if isinstance(t, DTensor) else t
+    return t.numel() * t.element_size()
+
+
+def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """Bytes this rank holds for parameters, gradients and optimizer state (local shards)."""
+    params = [p for p in model.parameters()]
+    optim = 0
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            optim += sum(_local_bytes(v) for v in state.values() if torch.is_tensor(v) and v.dim())
+    return {
+        "parameters": sum(_local_bytes(p) for p in params),
+        "gradients": sum(_local_bytes(p.grad) for p in params if p.grad is not None),
+        "optimizer": optim,
+    }
+
+
+# ---------------------------------------------------------------------------- launching
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _plain(x, to_numpy: bool):
+    if isinstance(x, dict):
+        return {k: _plain(v, to_numpy) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v, to_numpy) for v in x)
+    if to_numpy and torch.is_tensor(x):
+        return x.detach().cpu().numpy()
+    if not to_numpy and type(x).__module__ == "numpy" and hasattr(x, "shape") and x.shape:
+        return torch.from_numpy(x)
+    return x
+
+
+def _worker(local_rank, fn, world_size, port, args, queue):
+    os.environ.update(
+        RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), COURSE_DEVICE="cpu",
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    try:
+        queue.put((local_rank, _plain(fn(*args), to_numpy=True)))
+    finally:
+        cleanup()
+
+
+def launch(fn: Callable, world_size: int = 2, args: tuple = ()) -> list:
+    """Run ``fn(*args)`` on ``world_size`` CPU processes (gloo) of this machine, as torchrun would.
+
+    ``fn`` must be importable (defined in a module, not in a notebook cell) and return
+    picklable data; tensors come back as tensors. Returns the results in rank order.
+    """
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    procs = mp.start_processes(
+        _worker, args=(fn, world_size, free_port(), args, queue), nprocs=world_size,
+        join=False, start_method="spawn",
+    )  # fmt: skip
+    results, done = {}, False
+    while not done:  # read while waiting: a large result would otherwise block its writer
+        done = procs.join(timeout=0.05)  # raises if a rank failed
+        while not queue.empty():
+            rank, value = queue.get()
+            results[rank] = value
+    return [_plain(results[r], to_numpy=False) for r in range(world_size)]
