@@ -291,7 +291,9 @@ def _index_keyed(osd: dict) -> dict:
     index = {n: i for i, n in enumerate(names)}
     return {
         "state": {index[n]: s for n, s in osd["state"].items()},
-        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]],
+        "param_groups": [
+            {**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]
+        ],
     }
 
 
@@ -307,7 +309,9 @@ def _name_keyed(osd: dict, names: list[str]) -> dict:
     """Inverse of ``_index_keyed`` for this optimizer's parameters ``names``."""
     return {
         "state": {names[int(i)]: s for i, s in osd["state"].items()},
-        "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in osd["param_groups"]],
+        "param_groups": [
+            {**g, "params": [names[int(i)] for i in g["params"]]} for g in osd["param_groups"]
+        ],
     }
 
 

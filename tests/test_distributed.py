@@ -33,7 +33,9 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(D_MODEL), nn.LayerNorm(D_MODEL)
         self.attn = MultiHeadAttention(D_MODEL, N_HEADS, bias=False)  # a key bias gets no gradient
-        self.mlp = nn.Sequential(nn.Linear(D_MODEL, 4 * D_MODEL), nn.GELU(), nn.Linear(4 * D_MODEL, D_MODEL))
+        self.mlp = nn.Sequential(
+            nn.Linear(D_MODEL, 4 * D_MODEL), nn.GELU(), nn.Linear(4 * D_MODEL, D_MODEL)
+        )
 
     def forward(self, x):
         x = x + self.attn(self.ln1(x), is_causal=True)[0]
@@ -82,7 +84,9 @@ def reference_run(clip=None, steps=STEPS):
         x, y = global_batch(step)
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         loss.backward()
-        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))))
+        norms.append(
+            float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf")))
+        )
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
@@ -113,8 +117,15 @@ def course_run(strategy, ctx, start_from=None, save_to=None, clip=None, optim="s
         if save_to and step + 1 == SAVE_AT:
             D.save(save_to, model, {"model_type": "tiny"}, opt, {"step": step + 1}, ctx)
     params, _ = D.full_state(model)
-    shapes = {n: tuple(getattr(p, "to_local", lambda p=p: p)().shape) for n, p in model.named_parameters()}
-    return {"losses": losses, "params": params, "shapes": shapes, "memory": D.memory_report(model, opt)}
+    shapes = {
+        n: tuple(getattr(p, "to_local", lambda p=p: p)().shape) for n, p in model.named_parameters()
+    }
+    return {
+        "losses": losses,
+        "params": params,
+        "shapes": shapes,
+        "memory": D.memory_report(model, opt),
+    }
 
 
 def two_rank_scenarios(folder):
@@ -131,7 +142,9 @@ def two_rank_scenarios(folder):
     out["fsdp_resumed"] = course_run("fsdp", ctx, start_from=path["fsdp"])
     out["ddp_from_fsdp"] = course_run("ddp", ctx, start_from=path["fsdp"])
     out["fsdp_from_ddp"] = course_run("fsdp", ctx, start_from=path["ddp"])
-    out["adamw_resumed"] = course_run("fsdp", ctx, start_from=path["adamw"], clip=CLIP, optim="adamw")
+    out["adamw_resumed"] = course_run(
+        "fsdp", ctx, start_from=path["adamw"], clip=CLIP, optim="adamw"
+    )
     return out
 
 
@@ -148,7 +161,9 @@ def runs(tmp_path_factory):
 
 def assert_same_run(result, reference, first_step=0):
     ref_losses, ref_params = reference[:2]
-    torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(ref_losses[first_step:]))
+    torch.testing.assert_close(
+        torch.tensor(result["losses"]), torch.tensor(ref_losses[first_step:])
+    )
     assert result["params"].keys() == ref_params.keys()
     for name, p in ref_params.items():
         torch.testing.assert_close(result["params"][name], p, rtol=1e-5, atol=1e-6)
@@ -158,7 +173,9 @@ def assert_same_run(result, reference, first_step=0):
 @pytest.mark.parametrize("clip", [False, True])
 def test_two_ranks_equal_one_process(runs, strategy, clip):
     """Accumulation over 2 micro-batches on each of 2 ranks; clipping by the global norm."""
-    name, reference = (f"{strategy}_clip", runs["reference_clip"]) if clip else (strategy, runs["reference"])
+    name, reference = (
+        (f"{strategy}_clip", runs["reference_clip"]) if clip else (strategy, runs["reference"])
+    )
     if clip:  # the clipping bites on some steps and not on others
         assert min(reference[2]) < CLIP < max(reference[2]), reference[2]
     rank0, rank1 = runs["ranks"][0][name], runs["ranks"][1][name]
