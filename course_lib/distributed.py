@@ -29,6 +29,7 @@ import contextlib
 import datetime
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,9 @@ def wrap_model(
     if strategy == "ddp":
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         return DDP(model, device_ids=ids)
+    # FSDP warns whenever a wrapped module returns a view (any nn.Linear on a 3-D input
+    # does); it matters only for in-place ops on that output, which the course never does.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     for block in blocks:
         fully_shard(block)
     fully_shard(model)
@@ -407,7 +411,7 @@ def _plain(x, to_numpy: bool):
     return x
 
 
-def _worker(local_rank, fn, world_size, port, args, queue):
+def _worker(local_rank, fn, world_size, port, args, queue, timeout_s):
     os.environ.update(
         RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), COURSE_DEVICE="cpu",
@@ -419,17 +423,18 @@ def _worker(local_rank, fn, world_size, port, args, queue):
         cleanup()
 
 
-def launch(fn: Callable, world_size: int = 2, args: tuple = ()) -> list:
+def launch(fn: Callable, world_size: int = 2, args: tuple = (), timeout_s: float = 60) -> list:
     """Run ``fn(*args)`` on ``world_size`` CPU processes (gloo) of this machine, as torchrun would.
 
     ``fn`` must be importable (defined in a module, not in a notebook cell) and return
     picklable data; tensors come back as tensors. Returns the results in rank order.
+    ``timeout_s`` bounds the rendezvous and each collective, so a failure never hangs.
     """
     import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()
     procs = mp.start_processes(
-        _worker, args=(fn, world_size, free_port(), args, queue), nprocs=world_size,
+        _worker, args=(fn, world_size, free_port(), args, queue, timeout_s), nprocs=world_size,
         join=False, start_method="spawn",
     )  # fmt: skip
     results, done = {}, False
