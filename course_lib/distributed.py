@@ -136,14 +136,29 @@ def setup(device: str | torch.device | None = None, timeout_s: float | None = No
     return DistContext(rank, world_size, local_rank, device, backend)
 
 
+def current(device: str | torch.device | None = None) -> DistContext:
+    """The context of this process in the process group ``setup()`` joined (or a single process).
+
+    Training code deep inside a library can ask for it instead of having it passed down.
+    """
+    if not dist.is_initialized():
+        return DistContext(device=torch.device(device) if device is not None else get_device())
+    rank, backend = dist.get_rank(), dist.get_backend()
+    if backend == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    return DistContext(rank, dist.get_world_size(), _env_int("LOCAL_RANK", rank), device, backend)
+
+
 def cleanup(ctx: DistContext | None = None) -> None:
     """Leave the process group (safe to call on a single process)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def barrier(ctx: DistContext) -> None:
-    if ctx.distributed:
+def barrier(ctx: DistContext | None = None) -> None:
+    if (ctx or current()).distributed:
         dist.barrier()
 
 
@@ -166,8 +181,11 @@ def rank_slice(global_batch: int, rank: int, world_size: int, accum_steps: int =
     return slice(rank * per_rank, (rank + 1) * per_rank)
 
 
-def shard(batch: torch.Tensor, ctx: DistContext, accum_steps: int = 1) -> torch.Tensor:
+def shard(
+    batch: torch.Tensor, ctx: DistContext | None = None, accum_steps: int = 1
+) -> torch.Tensor:
     """This rank's rows (dim 0) of a global batch (or of a tensor of sample indices)."""
+    ctx = ctx or current()
     return batch[rank_slice(batch.shape[0], ctx.rank, ctx.world_size, accum_steps)]
 
 
@@ -183,6 +201,16 @@ def all_reduce_sum(value: float | torch.Tensor, ctx: DistContext) -> torch.Tenso
 def all_reduce_mean(value: float | torch.Tensor, ctx: DistContext) -> float:
     """Mean over ranks (the global batch's loss when every rank reads as many rows)."""
     return float(all_reduce_sum(value, ctx)) / ctx.world_size
+
+
+def average(t: torch.Tensor, ctx: DistContext | None = None) -> torch.Tensor:
+    """Mean of a (device) tensor over ranks, staying on the device (no wait for the host)."""
+    ctx = ctx or current()
+    if not ctx.distributed:
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t / ctx.world_size
 
 
 # ---------------------------------------------------------------------------- model
@@ -249,6 +277,7 @@ def sync_gradients(model: nn.Module, sync: bool = True):
     gradients (DDP's ``no_sync``, FSDP's ``set_requires_gradient_sync(False)``);
     the final micro-step's backward (``sync=True``) averages the sum across ranks.
     """
+    model = getattr(model, "_orig_mod", model)  # the module inside torch.compile
     if sync or not isinstance(model, (DDP, FSDPModule)):
         yield
     elif isinstance(model, DDP):
@@ -327,6 +356,8 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None)
     loads into one process as well as into any number of ranks. Other ranks get ``{}``.
     Every rank must call this (it communicates).
     """
+    if not dist.is_initialized():
+        return unwrap(model).state_dict(), optimizer and optimizer.state_dict()
     model_sd = get_model_state_dict(model, options=_FULL)
     optim_sd = None
     if optimizer is not None:
@@ -335,8 +366,31 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None)
     return model_sd, optim_sd
 
 
-def save(path, model, config: dict, optimizer=None, train_state=None, ctx=DistContext()) -> Path:
+def _sharded(model: nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def load_model_state(model: nn.Module, state_dict: dict) -> None:
+    """Load a full state dict, present on every rank, into a plain, DDP or FSDP model."""
+    if _sharded(model):  # each rank keeps its own shard of every tensor
+        set_model_state_dict(model, state_dict, options=StateDictOptions(full_state_dict=True))
+    else:
+        unwrap(model).load_state_dict(state_dict)
+
+
+def load_optimizer_state(model: nn.Module, optimizer, state_dict: dict) -> None:
+    """Load an index-keyed optimizer state (``load_checkpoint(...)["optimizer"]``) on every rank."""
+    if _sharded(model):
+        named = _name_keyed(state_dict, _param_names(model, optimizer))
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(model, optimizer, named, options=options)
+    else:
+        optimizer.load_state_dict(state_dict)
+
+
+def save(path, model, config: dict, optimizer=None, train_state=None, ctx=None) -> Path:
     """Rank 0 writes one full checkpoint (``course_lib.checkpoint`` format); all ranks call it."""
+    ctx = ctx or current()
     path = Path(path)
     model_sd, optim_sd = full_state(model, optimizer)
     if ctx.is_main:
@@ -347,13 +401,14 @@ def save(path, model, config: dict, optimizer=None, train_state=None, ctx=DistCo
     return path
 
 
-def load(path, model: nn.Module, optimizer=None, ctx: DistContext = DistContext()) -> dict:
+def load(path, model: nn.Module, optimizer=None, ctx: DistContext | None = None) -> dict:
     """Load a checkpoint written by any number of ranks into ``model`` (wrapped or not).
 
     Rank 0 reads the file and broadcasts it; each rank keeps its own shard (FSDP) or a
     full copy (DDP). The RNG state is restored on every rank. Returns the checkpoint
     (``config``, ``train_state``, ...).
     """
+    ctx = ctx or current()
     ckpt = load_checkpoint(path) if ctx.is_main or not ctx.distributed else {}
     if not ctx.distributed:
         unwrap(model).load_state_dict(ckpt["model"])

@@ -93,11 +93,27 @@ def reference_run(clip=None, steps=STEPS):
     return losses, model.state_dict(), norms
 
 
-def course_run(strategy, ctx, start_from=None, save_to=None, clip=None, optim="sgd", accum=ACCUM):
+def course_run(
+    strategy,
+    ctx,
+    start_from=None,
+    save_to=None,
+    clip=None,
+    optim="sgd",
+    accum=ACCUM,
+    every_rank=False,
+):
     """The course's distributed loop: shard the batch, accumulate, clip, step, checkpoint."""
     model = D.wrap_model(new_model(), ctx, strategy)
     opt = new_optimizer(model, optim)
-    start = D.load(start_from, model, opt, ctx)["train_state"]["step"] if start_from else 0
+    start = 0
+    if start_from and every_rank:  # each rank reads the file itself
+        ckpt = load_checkpoint(start_from)
+        D.load_model_state(model, ckpt["model"])
+        D.load_optimizer_state(model, opt, ckpt["optimizer"])
+        start = ckpt["train_state"]["step"]
+    elif start_from:  # rank 0 reads it and broadcasts
+        start = D.load(start_from, model, opt, ctx)["train_state"]["step"]
     losses = []
     for step in range(start, STEPS):
         x, y = (D.shard(t, ctx, accum) for t in global_batch(step))
@@ -142,6 +158,8 @@ def two_rank_scenarios(folder):
     out["fsdp_resumed"] = course_run("fsdp", ctx, start_from=path["fsdp"])
     out["ddp_from_fsdp"] = course_run("ddp", ctx, start_from=path["fsdp"])
     out["fsdp_from_ddp"] = course_run("fsdp", ctx, start_from=path["ddp"])
+    out["fsdp_every_rank"] = course_run("fsdp", ctx, start_from=path["fsdp"], every_rank=True)
+    out["ddp_every_rank"] = course_run("ddp", ctx, start_from=path["fsdp"], every_rank=True)
     out["adamw_resumed"] = course_run(
         "fsdp", ctx, start_from=path["adamw"], clip=CLIP, optim="adamw"
     )
@@ -203,6 +221,8 @@ def test_checkpoint_of_two_ranks_resumes_on_two_ranks(runs):
     assert_same_run(runs["ranks"][0]["fsdp_resumed"], ref, first_step=SAVE_AT)
     assert_same_run(runs["ranks"][0]["ddp_from_fsdp"], ref, first_step=SAVE_AT)
     assert_same_run(runs["ranks"][0]["fsdp_from_ddp"], ref, first_step=SAVE_AT)
+    assert_same_run(runs["ranks"][0]["fsdp_every_rank"], ref, first_step=SAVE_AT)
+    assert_same_run(runs["ranks"][0]["ddp_every_rank"], ref, first_step=SAVE_AT)
 
 
 def test_adamw_state_round_trips_through_a_checkpoint(runs):
