@@ -25,6 +25,7 @@ process group) and everything here is a no-op, so one script serves both cases.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -133,6 +134,7 @@ def setup(device: str | torch.device | None = None, timeout_s: float | None = No
             "are reachable from every machine (same --rdzv-endpoint / MASTER_ADDR:MASTER_PORT on "
             "all nodes, port open in the firewall), or raise COURSE_DIST_TIMEOUT."
         ) from exc
+    atexit.register(cleanup)  # leave the group cleanly however the script ends
     return DistContext(rank, world_size, local_rank, device, backend)
 
 
@@ -394,9 +396,8 @@ def save(path, model, config: dict, optimizer=None, train_state=None, ctx=None) 
     path = Path(path)
     model_sd, optim_sd = full_state(model, optimizer)
     if ctx.is_main:
-        state = {**(train_state or {}), "world_size": ctx.world_size}
         opt = _StateDict(optim_sd) if optimizer is not None else None
-        save_checkpoint(path, model_sd, config, opt, state)
+        save_checkpoint(path, model_sd, config, opt, train_state)
     barrier(ctx)
     return path
 

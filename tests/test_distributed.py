@@ -242,7 +242,7 @@ def test_adamw_state_round_trips_through_a_checkpoint(runs):
 def test_checkpoint_of_two_ranks_resumes_on_one_process(runs):
     path = runs["folder"] / "fsdp.safetensors"
     ckpt = load_checkpoint(path)
-    assert ckpt["train_state"] == {"step": SAVE_AT, "world_size": 2}
+    assert ckpt["train_state"] == {"step": SAVE_AT}
     # plain PyTorch: the optimizer state is index-keyed like optimizer.state_dict()
     model = new_model()
     model.load_state_dict(ckpt["model"])
