@@ -191,6 +191,25 @@ def shard(
     return batch[rank_slice(batch.shape[0], ctx.rank, ctx.world_size, accum_steps)]
 
 
+def rank_part(items, ctx: DistContext | None = None):
+    """This rank's contiguous part of ``items``, for batches that may not split evenly.
+
+    Sizes differ by at most one (the first ranks get the extra items). Use it with a
+    loss weighted by the global count (``all_reduce_sum``) so that unequal parts still
+    give the single-process gradient.
+    """
+    ctx = ctx or current()
+    n, world = len(items), ctx.world_size
+    if n < world:
+        raise ValueError(
+            f"a batch of {n} item(s) cannot feed {world} ranks (each needs at least one); "
+            "use a larger batch or fewer processes."
+        )
+    base, extra = divmod(n, world)
+    start = ctx.rank * base + min(ctx.rank, extra)
+    return items[start : start + base + (ctx.rank < extra)]
+
+
 def all_reduce_sum(value: float | torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum of ``value`` over all ranks (e.g. the global number of target tokens)."""
     t = torch.as_tensor(value, dtype=torch.float64 if ctx.backend == "gloo" else torch.float32)

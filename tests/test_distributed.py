@@ -269,6 +269,16 @@ def test_world_size_must_divide_the_batch():
         D.shard(torch.zeros(12, 3), D.DistContext(rank=0, world_size=4), accum_steps=2)
 
 
+@pytest.mark.parametrize("n,world", [(7, 2), (10, 4), (3, 3), (64, 8)])
+def test_rank_part_covers_an_uneven_batch_once_in_order(n, world):
+    items = list(range(n))
+    parts = [D.rank_part(items, D.DistContext(rank=r, world_size=world)) for r in range(world)]
+    assert [len(p) for p in parts] == [len(c) for c in torch.arange(n).tensor_split(world)]
+    assert sum(parts, []) == items
+    with pytest.raises(ValueError, match="a batch of 1 item.*cannot feed 2 ranks"):
+        D.rank_part([0], D.DistContext(rank=0, world_size=2))
+
+
 def test_fsdp_refuses_a_model_too_small_to_shard():
     ctx = D.DistContext(rank=0, world_size=2)  # checked before any communication
     with pytest.raises(ValueError, match="no block to shard"):
