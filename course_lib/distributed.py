@@ -29,17 +29,14 @@ import atexit
 import contextlib
 import datetime
 import os
-import socket
+import sys
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .env import get_device
 
 try:  # torch >= 2.6
@@ -50,13 +47,6 @@ try:  # torch >= 2.5
     from torch.distributed.tensor import DTensor
 except ImportError:  # torch 2.4
     from torch.distributed._tensor import DTensor
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 STRATEGIES = ("ddp", "fsdp")
@@ -92,12 +82,16 @@ def _env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
-def setup(device: str | torch.device | None = None, timeout_s: float | None = None) -> DistContext:
+def setup(
+    device: str | torch.device | None = None, timeout_s: float | None = None, quiet: bool = True
+) -> DistContext:
     """Join the process group described by torchrun's environment variables.
 
     NCCL on CUDA (one GPU per rank: ``cuda:LOCAL_RANK``), gloo on the CPU. Without
     torchrun (no ``WORLD_SIZE``, or 1) this is a single process with no process group.
     ``timeout_s`` (default ``$COURSE_DIST_TIMEOUT`` or 300 s) bounds the rendezvous.
+    ``quiet``: ranks other than 0 print nothing and show no progress bar (their
+    warnings and errors still reach stderr).
     """
     world_size, rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
@@ -135,6 +129,9 @@ def setup(device: str | torch.device | None = None, timeout_s: float | None = No
             "all nodes, port open in the firewall), or raise COURSE_DIST_TIMEOUT."
         ) from exc
     atexit.register(cleanup)  # leave the group cleanly however the script ends
+    if quiet and rank != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+        os.environ["TQDM_DISABLE"] = "1"
     return DistContext(rank, world_size, local_rank, device, backend)
 
 
@@ -189,6 +186,34 @@ def shard(
     """This rank's rows (dim 0) of a global batch (or of a tensor of sample indices)."""
     ctx = ctx or current()
     return batch[rank_slice(batch.shape[0], ctx.rank, ctx.world_size, accum_steps)]
+
+
+def check_batches(batch_size: int, n_items: int, ctx: DistContext | None = None) -> None:
+    """Before training on batches that may end short: the ranks must split a full batch
+    evenly and the short batch must still give every rank at least one item."""
+    ctx = ctx or current()
+    rank_slice(batch_size, 0, ctx.world_size)  # raises unless the world size divides it
+    if 0 < n_items % batch_size < ctx.world_size:
+        raise ValueError(
+            f"{n_items} examples in batches of {batch_size} leave a last batch of "
+            f"{n_items % batch_size}, fewer than the {ctx.world_size} ranks; use a number of "
+            f"examples whose remainder by {batch_size} is 0 or at least {ctx.world_size}."
+        )
+
+
+def token_weight(n_local: int | torch.Tensor, ctx: DistContext | None = None):
+    """Factor that turns this rank's mean loss over ``n_local`` items (tokens) into its share
+    of the mean over all ranks' items: ``n_local * world_size / n_global``. DDP and FSDP
+    average gradients over ranks, so ``(loss * token_weight(n)).backward()`` gives the
+    single-process gradient even when ranks hold different numbers of tokens. 1 on one
+    process."""
+    ctx = ctx or current()
+    if not ctx.distributed:
+        return 1.0
+    n_local = torch.as_tensor(n_local, dtype=torch.float32, device=ctx.device)
+    n_global = n_local.detach().clone()
+    dist.all_reduce(n_global)
+    return n_local * ctx.world_size / n_global
 
 
 def rank_part(items, ctx: DistContext | None = None):
@@ -275,7 +300,7 @@ def wrap_model(
         return model
     if strategy == "ddp":
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        return DDP(model, device_ids=ids)
+        return _DDP(model, device_ids=ids)
     # FSDP warns whenever a wrapped module returns a view (any nn.Linear on a 3-D input
     # does); it matters only for in-place ops on that output, which the course never does.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -283,6 +308,18 @@ def wrap_model(
         fully_shard(block)
     fully_shard(model)
     return model
+
+
+class _DDP(DDP):
+    """DDP that lets the model's own attributes through (``ddp.config`` is ``model.config``)."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -324,198 +361,20 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     return float(norm)
 
 
-# ---------------------------------------------------------------------------- checkpoints
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-_BROADCAST = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+# Checkpoints live in dist_checkpoint.py; they are part of this module's interface.
+from .dist_checkpoint import (  # noqa: E402
+    full_model_on_main,
+    full_state,
+    load,
+    load_model_state,
+    load_optimizer_state,
+    save,
+)
 
-
-class _StateDict:
-    """Stands in for an optimizer where ``save_checkpoint`` asks for ``state_dict()``."""
-
-    def __init__(self, state_dict: dict):
-        self._state_dict = state_dict
-
-    def state_dict(self) -> dict:
-        return self._state_dict
-
-
-def _index_keyed(osd: dict) -> dict:
-    """Optimizer state keyed by parameter name -> keyed by index, as ``optimizer.state_dict()``."""
-    names = [n for g in osd["param_groups"] for n in g["params"]]
-    index = {n: i for i, n in enumerate(names)}
-    return {
-        "state": {index[n]: s for n, s in osd["state"].items()},
-        "param_groups": [
-            {**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]
-        ],
-    }
-
-
-def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """The optimizer's parameters in its own order, by their names in the unwrapped model."""
-    names = {}
-    for name, p in unwrap(model).named_parameters():
-        names.setdefault(id(p), name)
-    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
-
-
-def _name_keyed(osd: dict, names: list[str]) -> dict:
-    """Inverse of ``_index_keyed`` for this optimizer's parameters ``names``."""
-    return {
-        "state": {names[int(i)]: s for i, s in osd["state"].items()},
-        "param_groups": [
-            {**g, "params": [names[int(i)] for i in g["params"]]} for g in osd["param_groups"]
-        ],
-    }
-
-
-def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None):
-    """Gather the full (unsharded) model and optimizer states on rank 0, on the CPU.
-
-    Returns ``(model_state, optimizer_state)``: the same keys as a single-process
-    ``model.state_dict()`` and ``optimizer.state_dict()`` (index-keyed), so the result
-    loads into one process as well as into any number of ranks. Other ranks get ``{}``.
-    Every rank must call this (it communicates).
-    """
-    if not dist.is_initialized():
-        return unwrap(model).state_dict(), optimizer and optimizer.state_dict()
-    model_sd = get_model_state_dict(model, options=_FULL)
-    optim_sd = None
-    if optimizer is not None:
-        optim_sd = get_optimizer_state_dict(model, optimizer, options=_FULL)
-        optim_sd = _index_keyed(optim_sd) if optim_sd else {}
-    return model_sd, optim_sd
-
-
-def _sharded(model: nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def load_model_state(model: nn.Module, state_dict: dict) -> None:
-    """Load a full state dict, present on every rank, into a plain, DDP or FSDP model."""
-    if _sharded(model):  # each rank keeps its own shard of every tensor
-        set_model_state_dict(model, state_dict, options=StateDictOptions(full_state_dict=True))
-    else:
-        unwrap(model).load_state_dict(state_dict)
-
-
-def load_optimizer_state(model: nn.Module, optimizer, state_dict: dict) -> None:
-    """Load an index-keyed optimizer state (``load_checkpoint(...)["optimizer"]``) on every rank."""
-    if _sharded(model):
-        named = _name_keyed(state_dict, _param_names(model, optimizer))
-        options = StateDictOptions(full_state_dict=True)
-        set_optimizer_state_dict(model, optimizer, named, options=options)
-    else:
-        optimizer.load_state_dict(state_dict)
-
-
-def save(path, model, config: dict, optimizer=None, train_state=None, ctx=None) -> Path:
-    """Rank 0 writes one full checkpoint (``course_lib.checkpoint`` format); all ranks call it."""
-    ctx = ctx or current()
-    path = Path(path)
-    model_sd, optim_sd = full_state(model, optimizer)
-    if ctx.is_main:
-        opt = _StateDict(optim_sd) if optimizer is not None else None
-        save_checkpoint(path, model_sd, config, opt, train_state)
-    barrier(ctx)
-    return path
-
-
-def load(path, model: nn.Module, optimizer=None, ctx: DistContext | None = None) -> dict:
-    """Load a checkpoint written by any number of ranks into ``model`` (wrapped or not).
-
-    Rank 0 reads the file and broadcasts it; each rank keeps its own shard (FSDP) or a
-    full copy (DDP). The RNG state is restored on every rank. Returns the checkpoint
-    (``config``, ``train_state``, ...).
-    """
-    ctx = ctx or current()
-    ckpt = load_checkpoint(path) if ctx.is_main or not ctx.distributed else {}
-    if not ctx.distributed:
-        unwrap(model).load_state_dict(ckpt["model"])
-        if optimizer is not None and ckpt["optimizer"] is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-    else:
-        set_model_state_dict(model, ckpt.get("model", {}), options=_BROADCAST)
-        if optimizer is not None:
-            osd = ckpt.get("optimizer") or {}
-            osd = _name_keyed(osd, _param_names(model, optimizer)) if osd else {}
-            set_optimizer_state_dict(model, optimizer, osd, options=_BROADCAST)
-        box = [{k: ckpt.get(k) for k in ("config", "train_state", "rng")}]
-        dist.broadcast_object_list(box, src=0)
-        ckpt = {**ckpt, **box[0]}
-    set_rng_state(ckpt["rng"])
-    return ckpt
-
-
-# ---------------------------------------------------------------------------- memory
-def _local_bytes(t: torch.Tensor) -> int:
-    t = t.to_local() if isinstance(t, DTensor) else t
-    return t.numel() * t.element_size()
-
-
-def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
-    """Bytes this rank holds for parameters, gradients and optimizer state (local shards)."""
-    params = [p for p in model.parameters()]
-    optim = 0
-    if optimizer is not None:
-        for state in optimizer.state.values():
-            optim += sum(_local_bytes(v) for v in state.values() if torch.is_tensor(v) and v.dim())
-    return {
-        "parameters": sum(_local_bytes(p) for p in params),
-        "gradients": sum(_local_bytes(p.grad) for p in params if p.grad is not None),
-        "optimizer": optim,
-    }
-
-
-# ---------------------------------------------------------------------------- launching
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _plain(x, to_numpy: bool):
-    if isinstance(x, dict):
-        return {k: _plain(v, to_numpy) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_plain(v, to_numpy) for v in x)
-    if to_numpy and torch.is_tensor(x):
-        return x.detach().cpu().numpy()
-    if not to_numpy and type(x).__module__ == "numpy" and hasattr(x, "shape") and x.shape:
-        return torch.from_numpy(x)
-    return x
-
-
-def _worker(local_rank, fn, world_size, port, args, queue, timeout_s):
-    os.environ.update(
-        RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), COURSE_DEVICE="cpu",
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    try:
-        queue.put((local_rank, _plain(fn(*args), to_numpy=True)))
-    finally:
-        cleanup()
-
-
-def launch(fn: Callable, world_size: int = 2, args: tuple = (), timeout_s: float = 60) -> list:
-    """Run ``fn(*args)`` on ``world_size`` CPU processes (gloo) of this machine, as torchrun would.
-
-    ``fn`` must be importable (defined in a module, not in a notebook cell) and return
-    picklable data; tensors come back as tensors. Returns the results in rank order.
-    ``timeout_s`` bounds the rendezvous and each collective, so a failure never hangs.
-    """
-    import torch.multiprocessing as mp
-
-    queue = mp.get_context("spawn").SimpleQueue()
-    procs = mp.start_processes(
-        _worker, args=(fn, world_size, free_port(), args, queue, timeout_s), nprocs=world_size,
-        join=False, start_method="spawn",
-    )  # fmt: skip
-    results, done = {}, False
-    while not done:  # read while waiting: a large result would otherwise block its writer
-        done = procs.join(timeout=0.05)  # raises if a rank failed
-        while not queue.empty():
-            rank, value = queue.get()
-            results[rank] = value
-    return [_plain(results[r], to_numpy=False) for r in range(world_size)]
+__all__ = [
+    "DistContext", "setup", "current", "cleanup", "barrier", "rank_slice", "shard",
+    "check_batches", "token_weight", "rank_part", "all_reduce_sum", "all_reduce_mean",
+    "average", "find_blocks", "wrap_model", "unwrap", "sync_gradients", "clip_grad_norm",
+    "full_state", "save", "load", "load_model_state", "load_optimizer_state",
+    "full_model_on_main",
+]  # fmt: skip

@@ -15,6 +15,26 @@ from torch import nn
 
 from . import distributed as D
 from .attention import MultiHeadAttention
+from .distributed import DTensor
+
+
+def _local_bytes(t: torch.Tensor) -> int:
+    t = t.to_local() if isinstance(t, DTensor) else t
+    return t.numel() * t.element_size()
+
+
+def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """Bytes this rank holds for parameters, gradients and optimizer state (local shards)."""
+    params = [p for p in model.parameters()]
+    optim = 0
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            optim += sum(_local_bytes(v) for v in state.values() if torch.is_tensor(v) and v.dim())
+    return {
+        "parameters": sum(_local_bytes(p) for p in params),
+        "gradients": sum(_local_bytes(p.grad) for p in params if p.grad is not None),
+        "optimizer": optim,
+    }
 
 
 class Block(nn.Module):
@@ -81,7 +101,7 @@ def measure(strategies=("ddp", "fsdp"), batch_size=8, seq_len=16, **model_kwargs
                 "world_size": ctx.world_size,
                 "rank": ctx.rank,
                 "model_parameters": n_params,
-                **D.memory_report(model, optimizer),
+                **memory_report(model, optimizer),
                 "shapes": shapes,
             }
         )

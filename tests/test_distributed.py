@@ -23,6 +23,8 @@ from torch import nn
 from course_lib import distributed as D
 from course_lib.attention import MultiHeadAttention
 from course_lib.checkpoint import load_checkpoint
+from course_lib.launch import free_port, launch
+from course_lib.rank_memory import memory_report
 
 VOCAB, D_MODEL, N_HEADS, T, BATCH = 11, 16, 2, 6, 8
 STEPS, SAVE_AT, ACCUM, CLIP = 4, 2, 2, 0.75
@@ -140,7 +142,7 @@ def course_run(
         "losses": losses,
         "params": params,
         "shapes": shapes,
-        "memory": D.memory_report(model, opt),
+        "memory": memory_report(model, opt),
     }
 
 
@@ -170,7 +172,7 @@ def two_rank_scenarios(folder):
 def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dist")
     try:
-        ranks = D.launch(two_rank_scenarios, 2, (str(folder),))
+        ranks = launch(two_rank_scenarios, 2, (str(folder),))
     except Exception as exc:  # no multiprocessing / sockets here: say so rather than pass
         pytest.fail(f"could not launch 2 gloo processes: {exc}")
     return {"ranks": ranks, "folder": folder, "reference": reference_run(),
@@ -300,7 +302,7 @@ def test_missing_rendezvous_is_a_clear_error(monkeypatch):
         D.setup(device="cpu")
     # a master nobody runs: rank 1 gives up after the timeout instead of hanging
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(D.free_port()))
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     with pytest.raises(RuntimeError, match="could not meet the others at 127.0.0.1"):
         D.setup(device="cpu", timeout_s=1)
     assert not torch.distributed.is_initialized()
