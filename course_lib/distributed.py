@@ -117,9 +117,9 @@ def setup(
         device, backend = torch.device("cpu"), "gloo"
     timeout_s = float(timeout_s or os.environ.get("COURSE_DIST_TIMEOUT", 300))
     try:
-        dist.init_process_group(
-            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
-        )
+        timeout = datetime.timedelta(seconds=timeout_s)
+        gpu = {"device_id": device} if backend == "nccl" else {}  # binds the rank to its GPU
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout, **gpu)
     except (RuntimeError, dist.DistError) as exc:
         host, port = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
         raise RuntimeError(
