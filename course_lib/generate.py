@@ -145,7 +145,7 @@ def load_model(checkpoint: str, device: str | torch.device = "cpu"):
 
     from course_lib.checkpoint import load_checkpoint
     from course_lib.gpt import GPT
-    from course_lib.gpt_train import load_tokenizer
+    from course_lib.gpt_data import load_tokenizer
 
     ckpt = load_checkpoint(checkpoint, device=device)
     if ckpt["config"].get("model_type") != "gpt":
