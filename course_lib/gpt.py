@@ -34,7 +34,7 @@ PRESETS: dict[str, dict] = {
     "gpt2-medium": dict(vocab_size=50257, block_size=1024, n_layers=24, n_heads=16, d_model=1024),
     # CPU presets (characters): vocab_size comes from the tokenizer.
     "tiny": dict(block_size=64, n_layers=3, n_heads=4, d_model=96),
-    "small-cpu": dict(block_size=128, n_layers=4, n_heads=4, d_model=128),
+    "small-cpu": dict(block_size=64, n_layers=4, n_heads=4, d_model=128),  # nanoGPT's CPU model
 }
 
 

@@ -90,7 +90,7 @@ def is_main_process() -> bool:
 
 def log(msg: str) -> None:
     if is_main_process():
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         tqdm.write(msg)
 
@@ -214,7 +214,7 @@ def train(model: GPT, data: TokenData, cfg: TrainConfig, tokenizer=None, resume:
     block_size = model.config.block_size
     tokens_per_step = cfg.batch_size * cfg.grad_accum * block_size
     stop_step = min(cfg.steps, until_step) if until_step is not None else cfg.steps
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(total=stop_step, initial=state["step"], desc="training", unit="step",
                disable=not cfg.progress or progress_disabled() or not is_main_process())
