@@ -7,11 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use(matplotlib.get_backend())  # keep the notebook's backend; Agg headless
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 FORMATS = ("png", "svg", "pdf")
 _METADATA = {
