@@ -240,6 +240,8 @@ def load_parallel(source="talks", split: str = "train", max_pairs: int | None = 
         if local and any(Path(f"{local}.{src_lang}{gz}").is_file() for gz in ("", ".gz")):
             return load_parallel(str(local), split, max_pairs, src_lang, tgt_lang, timeout, verbose)
         repo, config, splits = HUB_PARALLEL[source]
+        if source == "talks":  # one config per language pair, English first: en-de, en-fr, ...
+            config = "en-" + (tgt_lang if src_lang == "en" else src_lang)
         why = _try_hub(repo, timeout)
         if why is None:
             try:
