@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from course_lib.checkpoint import check_config, load_checkpoint, save_checkpoint, set_rng_state
+from course_lib import distributed as D
+from course_lib.checkpoint import check_config, load_checkpoint, set_rng_state
 from course_lib.env import get_device, progress_disabled
 from course_lib.gpt import GPT, PRESETS, GPTConfig
 from course_lib.gpt_data import CharTokenizer, TiktokenTokenizer, load_corpus, load_tokenizer  # noqa: F401
@@ -56,6 +57,7 @@ class TrainConfig:
     compile: bool | None = None  # None: on for CUDA, off elsewhere
     out_dir: str | None = None  # checkpoints go here (ckpt.safetensors, config.json, tokenizer.json)
     progress: bool = True
+    fsdp: bool = False  # under torchrun: FSDP instead of DDP
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -96,7 +98,8 @@ def log(msg: str) -> None:
 
 
 def wrap_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
-    """The module the training step calls: compiled on CUDA (DDP/FSDP would wrap here)."""
+    """The module the training step calls: DDP or FSDP under torchrun, compiled on CUDA."""
+    model = D.wrap_model(model, D.current(device), "fsdp" if cfg.fsdp else "ddp")
     if use_compile(cfg, device):
         return torch.compile(model)
     return model
@@ -180,11 +183,10 @@ def evaluate(model, data: TokenData, block_size: int, cfg: TrainConfig, device, 
 # ---- the loop ------------------------------------------------------------------------------
 
 def save(path: Path, model, optimizer, state: dict, tokenizer=None) -> None:
-    """Checkpoint (rank 0 only): model, optimizer, RNG, training state; tokenizer beside."""
-    if not is_main_process():
-        return
-    save_checkpoint(path, model, model.config.to_dict(), optimizer, state)
-    if tokenizer is not None:
+    """Checkpoint: model, optimizer, RNG, training state; tokenizer beside. Every rank
+    calls it (the full state is gathered from all ranks); rank 0 writes."""
+    D.save(path, model, model.config.to_dict(), optimizer, state)
+    if tokenizer is not None and is_main_process():
         tokenizer.save(path.with_name("tokenizer.json"))
 
 
@@ -195,6 +197,7 @@ def train(model: GPT, data: TokenData, cfg: TrainConfig, tokenizer=None, resume:
     step), ``evals`` (list of dicts), ``tokens_per_s``, ``mfu``, ``stopped`` (reason)."""
     device = get_device(cfg.device)
     model.to(device)
+    step_fn = wrap_model(model, cfg, device)  # before the optimizer: FSDP replaces the parameters
     optimizer = configure_optimizer(model, cfg, device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(cfg, device) else nullcontext()
     ckpt = Path(cfg.out_dir) / "ckpt.safetensors" if cfg.out_dir else None
@@ -204,13 +207,12 @@ def train(model: GPT, data: TokenData, cfg: TrainConfig, tokenizer=None, resume:
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; train without --resume first.")
         loaded = load_checkpoint(ckpt, device=device)
         check_config(model.config.to_dict(), loaded["config"], ckpt)
-        model.load_state_dict(loaded["model"])
-        optimizer.load_state_dict(loaded["optimizer"])
+        D.load_model_state(model, loaded["model"])
+        D.load_optimizer_state(model, optimizer, loaded["optimizer"])
         set_rng_state(loaded["rng"])
         state = {**loaded["train_state"], "train_config": asdict(cfg)}
         log(f"resumed from {ckpt} at step {state['step']}")
-    rank, _ = rank_and_world()
-    step_fn = wrap_model(model, cfg, device)
+    world = rank_and_world()[1]
     block_size = model.config.block_size
     tokens_per_step = cfg.batch_size * cfg.grad_accum * block_size
     stop_step = min(cfg.steps, until_step) if until_step is not None else cfg.steps
@@ -227,16 +229,18 @@ def train(model: GPT, data: TokenData, cfg: TrainConfig, tokenizer=None, resume:
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
-            x, y = get_batch(data.train, cfg.batch_size, block_size, cfg.seed, step, micro, rank, device=device)
-            with amp:
-                _, loss = step_fn(x, y)
-            (loss / cfg.grad_accum).backward()
+            x, y = get_batch(data.train, cfg.batch_size, block_size, cfg.seed, step, micro, device=device)
+            x, y = D.shard(x), D.shard(y)  # this rank's rows of the global batch
+            with D.sync_gradients(step_fn, sync=micro == cfg.grad_accum - 1):  # talk on the last
+                with amp:
+                    _, loss = step_fn(x, y)
+                (loss / cfg.grad_accum).backward()
             step_loss += loss.detach() / cfg.grad_accum
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        pending.append(step_loss)
+        pending.append(D.average(step_loss))
         state["step"] = step + 1
         bar.update(1)
         last = state["step"] == stop_step
@@ -246,7 +250,7 @@ def train(model: GPT, data: TokenData, cfg: TrainConfig, tokenizer=None, resume:
             elapsed = time.perf_counter() - t0
             tps = (state["step"] - t0_step) * tokens_per_step / max(elapsed, 1e-9)
             losses = evaluate(step_fn, data, block_size, cfg, device, amp)
-            mfu = estimate_mfu(model.flops_per_token(), tps, device)
+            mfu = estimate_mfu(model.flops_per_token(), tps / world, device)
             state["evals"].append({"step": state["step"], "train": losses["train"], "val": losses["val"],
                                    "lr": lr, "tokens_per_s": tps, "mfu": mfu})
             bar.set_postfix(train=f"{losses['train']:.3f}", val=f"{losses['val']:.3f}")
@@ -301,17 +305,19 @@ def cli_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP (default DDP)")
     for f in fields(TrainConfig):
-        if f.name in ("out_dir", "compile", "bf16", "progress"):
+        if f.name in ("out_dir", "compile", "bf16", "progress", "fsdp"):
             continue  # own flags above
         typ = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
         p.add_argument("--" + f.name.replace("_", "-"), type=typ, default=None)
     args = p.parse_args(argv)
     try:
-        skip = ("out_dir", "compile", "bf16", "progress")
+        skip = ("out_dir", "compile", "bf16", "progress", "fsdp")
         overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                      if f.name not in skip and getattr(args, f.name) is not None}
-        cfg = TrainConfig(**overrides, out_dir=args.out_dir, progress=not args.no_progress,
+        D.setup(overrides.get("device"))  # joins torchrun's process group, if any
+        cfg = TrainConfig(**overrides, out_dir=args.out_dir, progress=not args.no_progress, fsdp=args.fsdp,
                           compile=False if args.no_compile else None, bf16=False if args.no_bf16 else None)
         out = Path(args.out_dir)
         text, source = load_corpus(args.data, args.max_chars)
