@@ -95,8 +95,9 @@ def test_gpt_refuses_a_batch_the_ranks_cannot_split(tmp_path):
 
 
 # ---------------------------------------------------------------------------- translation
-TRANSLATE = ["--data", "generated", "--n-train", "200", "--n-valid", "8", "--batch-size", "16",
-             "--warmup", "4", "--log-every", "1", "--device", "cpu",]  # fmt: skip
+TRANSLATE = ["--data", "generated", "--n-train", "200", "--n-valid", "4", "--batch-size", "16",
+             "--warmup", "4", "--log-every", "1", "--device", "cpu", "--d-model", "32",
+             "--n-heads", "2", "--n-layers", "1", "--d-ff", "64", "--max-len", "32"]  # fmt: skip
 
 
 def translate_state(folder: Path) -> dict:
