@@ -32,7 +32,8 @@ with warnings.catch_warnings():  # tqdm.auto warns in notebooks without ipywidge
     warnings.simplefilter("ignore")
     from tqdm.auto import tqdm
 
-from course_lib.checkpoint import check_config, load_checkpoint, save_checkpoint, set_rng_state
+from course_lib import distributed as D
+from course_lib.checkpoint import check_config, load_checkpoint, set_rng_state
 from course_lib.env import get_device, progress_disabled
 from course_lib.transformer import COURSE_MODEL_KEYS, TransformerConfig
 from course_lib.translation_data import SPECIALS, build_tokenizer, encode_pairs, special_ids
@@ -61,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     device: str | None = None
+    fsdp: bool = False  # under torchrun: FSDP instead of DDP
 
     def __post_init__(self):
         problems = []
@@ -173,6 +175,8 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TrainConfig, out_dir=
     """
     device = torch.device(cfg.device) if cfg.device else next(model.parameters()).device
     model.to(device)
+    ctx = D.current(device)  # under torchrun: this process's rank (else one process)
+    step_model = D.wrap_model(model, ctx, "fsdp" if cfg.fsdp else "ddp")  # before the optimizer
     ids = special_ids(tokenizer)
     if ids["<pad>"] != model.config.pad_id:
         raise ValueError(f"the tokenizer's <pad> is id {ids['<pad>']} but the model's pad_id is "
@@ -184,6 +188,7 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TrainConfig, out_dir=
     if not examples:
         raise ValueError("no training pairs left (all empty or longer than max_len); check the data.")
     valid, _ = encode_pairs(tokenizer, valid_pairs or [], max_len)
+    D.check_batches(cfg.batch_size, len(examples), ctx)
     lengths = [(len(s), len(t)) for s, t in examples]
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -196,20 +201,21 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TrainConfig, out_dir=
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        tokenizer.save(Path(out_dir) / TOKENIZER)
+        if ctx.is_main:
+            tokenizer.save(Path(out_dir) / TOKENIZER)
     if resume and ckpt_path is not None and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, device=device)
         check_config(model.config.to_dict(), ckpt["config"], ckpt_path)
-        model.load_state_dict(ckpt["model"])
+        D.load_model_state(model, ckpt["model"])
         if ckpt["optimizer"] is not None:
-            opt.load_state_dict(ckpt["optimizer"])
+            D.load_optimizer_state(model, opt, ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         state.update({k: ckpt["train_state"][k] for k in ("step", "epoch", "batch", "losses", "val_losses")})
         log(f"resumed from {ckpt_path} at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
 
     def checkpoint():
         if ckpt_path is not None:
-            save_checkpoint(ckpt_path, model, model.config.to_dict(), opt, state)
+            D.save(ckpt_path, model, model.config.to_dict(), opt, state)  # rank 0 writes
 
     def validate():
         state["val_losses"].append([state["step"], round(evaluate_loss(model, valid, cfg.batch_size, cfg.amp), 5)])
@@ -220,15 +226,18 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TrainConfig, out_dir=
     while state["step"] < total:
         batches = make_batches(lengths, cfg.batch_size, seed=cfg.seed * 100003 + state["epoch"])
         while state["batch"] < len(batches) and state["step"] < total:
-            src, tgt = collate(examples, batches[state["batch"]], ids["<pad>"], device)
+            idx = D.rank_part(batches[state["batch"]], ctx)  # this rank's pairs of the batch
+            src, tgt = collate(examples, idx, ids["<pad>"], device)
             state["step"] += 1
             state["batch"] += 1
             for group in opt.param_groups:
                 group["lr"] = noam_lr(state["step"], d_model, cfg.warmup, scale)
-            loss = batch_loss(model, src, tgt, cfg.label_smoothing, cfg.amp)
+            loss = batch_loss(step_model, src, tgt, cfg.label_smoothing, cfg.amp)
+            weight = D.token_weight((tgt[:, 1:] != ids["<pad>"]).sum(), ctx)  # ranks' token counts differ
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
             opt.step()
+            loss = D.average(loss.detach() * weight, ctx)  # the mean over all ranks' tokens
             window.append(float(loss.detach()))
             if len(window) == cfg.log_every or state["step"] == total:
                 state["losses"].append([state["step"], round(sum(window) / len(window), 5)])
@@ -308,6 +317,7 @@ def _parser():
     p.add_argument("--activation", dest="m_activation", choices=["relu", "gelu"])
     p.add_argument("--out", default="runs/translate", help="folder for checkpoint.safetensors, tokenizer.json, loss.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--fsdp", action="store_true", default=None, help="under torchrun: FSDP (default DDP)")
     return p
 
 
@@ -322,6 +332,7 @@ def cli_main(argv=None) -> int:
     from course_lib.translation_data import load_pairs, load_tokenizer
 
     args = _parser().parse_args(argv)
+    D.setup(args.device)  # joins torchrun's process group, if any; only rank 0 prints
     model_kw, train_kw = {}, {}
     if args.config:
         model_kw, tcfg = load_config(args.config)
@@ -354,6 +365,9 @@ def cli_main(argv=None) -> int:
     model = Transformer(mcfg).to(device)
     print(f"model: {model.num_parameters():,} parameters on {device}; vocabulary {tokenizer.vocab_size}")
     history = train(model, tokenizer, train_pairs, valid_pairs, cfg, out_dir=out, resume=args.resume)
+    model = D.full_model_on_main(model, lambda: Transformer(mcfg).to(device))  # rank 0 goes on alone
+    if model is None:
+        return 0
     save_figure(plot_losses(history), out / "loss", formats=("png",))
     if history["val_losses"]:
         print(f"step {history['step']}: validation loss {history['val_losses'][-1][1]:.4f}")

@@ -2,13 +2,11 @@
 
 import gzip
 import re
-import sys
 import time
-import types
 
 import pytest
 
-from course_lib import data
+from course_lib import data, grammar
 from course_lib.data import generated_corpus, load_parallel, load_text
 
 
@@ -62,8 +60,8 @@ def test_hub_that_hangs_falls_back_within_timeout(monkeypatch, capsys):
         raise ConnectionError("name resolution failed")
 
     monkeypatch.setattr(data, "_hub_reachable", refuse)
-    monkeypatch.setitem(sys.modules, "course_lib.grammar", types.SimpleNamespace(
-        generate_pairs=lambda n, seed: [(f"en {seed} {i}", f"de {seed} {i}") for i in range(n)]))
+    monkeypatch.setattr(grammar, "generate_pairs",
+                        lambda n, seed: [(f"en {seed} {i}", f"de {seed} {i}") for i in range(n)])
     pairs = load_parallel("talks", split="val", max_pairs=3)
     assert "ConnectionError: name resolution failed" in capsys.readouterr().out
     assert pairs == [("en 1000 0", "de 1000 0"), ("en 1000 1", "de 1000 1"), ("en 1000 2", "de 1000 2")]
@@ -133,7 +131,7 @@ def test_generated_pairs_use_the_grammar_lazily(monkeypatch):
         seen.append((n, seed))
         return [("a", "b")] * n
 
-    monkeypatch.setitem(sys.modules, "course_lib.grammar", types.SimpleNamespace(generate_pairs=generate_pairs))
+    monkeypatch.setattr(grammar, "generate_pairs", generate_pairs)
     assert load_parallel("generated", split="test", max_pairs=4) == [("a", "b")] * 4
     assert seen == [(4, 2000)]
 

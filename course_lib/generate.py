@@ -1,0 +1,195 @@
+"""Text generation from a GPT: greedy, temperature, top-k and top-p (nucleus) sampling,
+with a KV cache.
+
+    "we sample from the distribution P(x_t | x_1 ... x_{t-1}) [...] and feed the sampled
+    token back in as input"; with a KV cache each step computes keys and values for the
+    new token only, instead of for the whole prefix again.
+
+Command line (samples from a checkpoint written by ``python -m course_lib.train gpt``):
+
+    python -m course_lib.generate --checkpoint runs/gpt/ckpt.safetensors --prompt "The "
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+import torch
+
+
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive number of tokens (or None), got {top_k}.")
+    if top_p is not None and not (0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] (the probability mass kept), got {top_p}.")
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest logits of the last dimension; the rest become -inf."""
+    k = min(k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus: keep the smallest set of most likely tokens whose probabilities sum to >= p."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above
+    drop_sorted = mass_before >= p  # the top token always stays (mass_before = 0 < p)
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_token_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """The distribution sampled from: softmax(logits / T), restricted to top-k, then top-p.
+
+    ``temperature=0`` is greedy: all the mass on the most likely token.
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    logits = logits.float()
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        logits = top_p_filter(logits, top_p)
+    return logits.softmax(dim=-1)
+
+
+def positions_computed(prompt_len: int, new_tokens: int, block_size: int, use_cache: bool) -> int:
+    """How many positions go through the model to generate ``new_tokens`` tokens."""
+    if not use_cache:
+        return sum(min(prompt_len + i, block_size) for i in range(new_tokens))
+    total, cached = 0, 0
+    for i in range(new_tokens):
+        context = min(prompt_len + i, block_size)
+        if i == 0 or prompt_len + i > block_size:  # (re)fill: the window slid past the cache
+            total, cached = total + context, context
+        else:
+            total, cached = total + 1, cached + 1
+    return total
+
+
+@torch.no_grad()
+def generate(
+    model,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Extend ``idx (B, T)`` by up to ``max_new_tokens`` tokens; returns ``(B, T + n)``.
+
+    A prompt longer than the context is cropped to its last ``block_size`` tokens (with a
+    warning). Generation stops early once every row has produced ``eos_id``; finished
+    rows are padded with ``eos_id``. ``use_cache=False`` recomputes the whole context
+    at every step (same tokens, more work).
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    if idx.dim() == 1:
+        idx = idx[None]
+    cfg = model.config
+    if idx.numel() == 0:
+        raise ValueError("the prompt is empty; give at least one token.")
+    if int(idx.min()) < 0 or int(idx.max()) >= cfg.vocab_size:
+        bad = int(idx.max()) if int(idx.max()) >= cfg.vocab_size else int(idx.min())
+        raise IndexError(
+            f"prompt token id {bad} is outside the model's vocabulary [0, {cfg.vocab_size}); "
+            "encode the prompt with the tokenizer the model was trained with."
+        )
+    if idx.shape[1] > cfg.block_size:
+        warnings.warn(
+            f"prompt of {idx.shape[1]} tokens is longer than the context of {cfg.block_size}; "
+            f"using its last {cfg.block_size} tokens.", stacklevel=2,
+        )
+        idx = idx[:, -cfg.block_size:]
+    was_training = model.training
+    model.eval()
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    caches, fed = None, 0  # fed: tokens of idx the caches already hold
+    for _ in range(max_new_tokens):
+        if use_cache and caches is not None and idx.shape[1] <= cfg.block_size:
+            logits, _ = model(idx[:, fed:], caches=caches)
+        else:  # no cache, first step, or the context window slid: run the last block_size tokens
+            window = idx[:, -cfg.block_size:]
+            caches = model.new_caches() if use_cache and idx.shape[1] <= cfg.block_size else None
+            logits, _ = model(window, caches=caches)
+        fed = idx.shape[1]
+        probs = next_token_probs(logits[:, -1, :], temperature, top_k, top_p)
+        nxt = probs.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial(probs, 1, generator=generator)
+        if eos_id is not None:
+            nxt = nxt.masked_fill(finished[:, None], eos_id)
+            finished |= nxt[:, 0] == eos_id
+        idx = torch.cat([idx, nxt], dim=1)
+        if eos_id is not None and bool(finished.all()):
+            break
+    model.train(was_training)
+    return idx
+
+
+def load_model(checkpoint: str, device: str | torch.device = "cpu"):
+    """Rebuild the GPT and its tokenizer (``tokenizer.json`` beside) from a checkpoint."""
+    from pathlib import Path
+
+    from course_lib.checkpoint import load_checkpoint
+    from course_lib.gpt import GPT
+    from course_lib.gpt_data import load_tokenizer
+
+    ckpt = load_checkpoint(checkpoint, device=device)
+    if ckpt["config"].get("model_type") != "gpt":
+        raise ValueError(f"{checkpoint} holds a {ckpt['config'].get('model_type')!r} model, not a GPT.")
+    model = GPT.from_config(ckpt["config"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    tok_path = Path(checkpoint).with_name("tokenizer.json")
+    tokenizer = load_tokenizer(tok_path) if tok_path.exists() else None
+    return model.eval(), tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m course_lib.generate", description="Sample text from a GPT checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint (tokenizer.json beside it)")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every step")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    from course_lib.env import get_device
+
+    try:
+        check_sampling_args(args.temperature, args.top_k, args.top_p)
+        device = get_device(args.device)
+        model, tok = load_model(args.checkpoint, device)
+        if tok is None:
+            raise FileNotFoundError(f"no tokenizer.json beside {args.checkpoint}; cannot encode the prompt.")
+        ids = torch.tensor([tok.encode(args.prompt)] * args.num_samples, dtype=torch.long, device=device)
+        gen = torch.Generator(device=device).manual_seed(args.seed)
+        out = generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                       use_cache=not args.no_cache, generator=gen)
+    except (ValueError, IndexError, FileNotFoundError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for row in out.tolist():
+        print(tok.decode(row))
+        print("-" * 40)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Text for training a GPT, offline: the documentation shipped with Python itself.
+
+Every Python installation carries the docstrings of its standard library (what
+``help(json)`` shows). ``stdlib_docs()`` reads them at run time with ``inspect``, so the
+course commits none of it, and gets English prose about programming that is worth
+reading back from a small model. The text depends on the Python version a little.
+
+Also here, until ``course_lib.tokenizer`` lands: the character and GPT-2 tokenizers
+the GPT code uses (same interface: ``encode``, ``decode``, ``vocab_size``, ``save``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import inspect
+import json
+import string
+from pathlib import Path
+
+STDLIB_MODULES = (
+    "json", "textwrap", "string", "collections", "itertools", "functools", "pathlib", "random",
+    "statistics", "datetime", "heapq", "bisect", "fractions", "decimal", "csv", "shutil", "re",
+    "operator", "copy", "calendar", "difflib", "argparse", "logging", "dataclasses", "enum",
+    "contextlib", "abc", "glob", "fnmatch", "tempfile", "zipfile", "gzip", "hashlib", "base64",
+    "html", "pprint", "inspect", "ast", "tokenize", "unittest", "doctest", "threading", "queue",
+    "subprocess", "socket", "sqlite3", "email.message", "urllib.parse", "http.client", "typing",
+)
+_ALLOWED = set(string.printable) - set("\r\x0b\x0c")
+
+
+def _clean(text: str) -> str:
+    return "".join(c if c in _ALLOWED else "?" for c in text)
+
+
+def stdlib_docs(n_chars: int | None = None, modules=STDLIB_MODULES) -> str:
+    """Docstrings of standard-library modules, their classes and functions, in a fixed order.
+
+    Each entry reads ``name(signature)`` then its documentation, like ``help()``; only
+    printable ASCII is kept. ``n_chars`` truncates the result.
+    """
+    parts: list[str] = []
+    for mod_name in modules:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        doc = inspect.getdoc(mod)
+        if doc:
+            parts.append(f"Module {mod_name}\n\n{doc}\n")
+        for name in sorted(vars(mod)):
+            obj = getattr(mod, name)
+            if name.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+                continue
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            doc = inspect.getdoc(obj)
+            if not doc or len(doc) < 40:
+                continue
+            try:
+                sig = str(inspect.signature(obj))
+            except (TypeError, ValueError):
+                sig = "(...)"
+            parts.append(f"{mod_name}.{name}{sig}\n\n{doc}\n")
+    text = _clean("\n".join(parts))
+    return text[:n_chars] if n_chars else text
+
+
+def load_corpus(source: str, n_chars: int | None = None) -> tuple[str, str]:
+    """``(text, where it came from)`` for ``source``: ``"stdlib"`` (offline, always there),
+    a local .txt/.gz file or folder holding input.txt, or a name ``course_lib.data``
+    knows ("tinyshakespeare", "generated"; hub with a local fallback)."""
+    if source == "stdlib":
+        return stdlib_docs(n_chars), "docstrings of the Python standard library (read at run time)"
+    path = Path(source)
+    if path.is_dir() and (path / "input.txt").exists():
+        path = path / "input.txt"
+    if path.is_file():
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        text = raw.decode("utf-8")
+        return (text[:n_chars] if n_chars else text), str(path)
+    try:
+        from course_lib.data import load_text  # the foundation helper's loader
+    except ImportError:
+        raise FileNotFoundError(
+            f"no file {source!r}; use 'stdlib', a local .txt/.gz file, or a folder with input.txt "
+            "(e.g. ../shared/data/tinyshakespeare)."
+        ) from None
+    loaded = load_text(source)
+    return (loaded.text[:n_chars] if n_chars else loaded.text), loaded.source
+
+
+# ---- tokenizers (temporary, until course_lib.tokenizer is on main) --------------------------
+
+try:
+    from course_lib.tokenizer import CharTokenizer, TiktokenTokenizer  # noqa: F401
+    from course_lib.tokenizer import load_tokenizer as _load_tokenizer
+except ImportError:
+    _load_tokenizer = None
+
+    class CharTokenizer:
+        """One token per character; the vocabulary is the sorted set of the text's characters."""
+
+        def __init__(self, chars):
+            self.chars = list(chars)
+            self.stoi = {c: i for i, c in enumerate(self.chars)}
+            self.special_tokens: dict[str, int] = {}
+
+        @classmethod
+        def from_text(cls, text: str, special_tokens=()):
+            return cls(sorted(set(text)))
+
+        @property
+        def vocab_size(self) -> int:
+            return len(self.chars)
+
+        def encode(self, text: str) -> list[int]:
+            unknown = sorted(set(text) - set(self.stoi))
+            if unknown:
+                raise ValueError(f"characters {unknown[:10]} are not in this tokenizer's vocabulary.")
+            return [self.stoi[c] for c in text]
+
+        def decode(self, ids) -> str:
+            return "".join(self.chars[i] for i in ids)
+
+        def save(self, path) -> None:
+            Path(path).write_text(json.dumps({"type": "char", "chars": self.chars}))
+
+    class TiktokenTokenizer:
+        """GPT-2's byte-level BPE (50,257 tokens) through tiktoken."""
+
+        def __init__(self, name: str = "gpt2"):
+            import tiktoken
+
+            self.name, self.enc = name, tiktoken.get_encoding(name)
+            self.special_tokens = {"<|endoftext|>": self.enc.eot_token}
+
+        @property
+        def vocab_size(self) -> int:
+            return self.enc.n_vocab
+
+        def encode(self, text: str) -> list[int]:
+            return self.enc.encode_ordinary(text)
+
+        def decode(self, ids) -> str:
+            return self.enc.decode(list(ids))
+
+        def save(self, path) -> None:
+            Path(path).write_text(json.dumps({"type": "tiktoken", "name": self.name}))
+
+
+def load_tokenizer(path):
+    """Read a tokenizer saved with ``save(path)``."""
+    if _load_tokenizer is not None:
+        return _load_tokenizer(path)
+    d = json.loads(Path(path).read_text())
+    if d.get("type") == "char":
+        return CharTokenizer(d["chars"])
+    if d.get("type") == "tiktoken":
+        return TiktokenTokenizer(d["name"])
+    raise ValueError(f"{path} is not a tokenizer file this course knows.")
