@@ -276,3 +276,11 @@ def test_real_data_with_bpe_and_a_nonzero_pad_id(shared_data):
     assert isinstance(out[0], str)
     with pytest.raises(ValueError, match="pad_id"):
         train(_tiny(tok), tok, pairs, [], TrainConfig(max_steps=1))
+
+
+@pytest.mark.parametrize("name", ["nb07.noam_lr", "nb07.label_smoothed_loss", "nb07.cross_attention_maps"])
+def test_exercise_checker_accepts_the_solutions_and_rejects_a_wrong_answer(name):
+    from course_lib.exercises import check
+
+    assert check(solution(name), name, verbose=False)
+    assert not check(lambda *args: 0.5, name, verbose=False)
