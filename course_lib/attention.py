@@ -15,7 +15,8 @@ Fully masked rows: a query row whose keys are *all* masked (a padding query unde
 padding mask, say) would be softmax over ``-inf`` everywhere, i.e. NaN. Here such a row
 gets all-zero weights, so its output is the zero vector and its gradients are zero,
 not NaN. Both paths (the explicit one and the fused ``F.scaled_dot_product_attention``
-one) do this, and agree.
+one) do this, and agree. In ``MultiHeadAttention`` such a query's output is then
+``W^O 0 + b^O``, i.e. the output projection's bias.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ def _check_mask(mask: torch.Tensor, scores_shape: torch.Size) -> None:
             "convert with mask.bool() or build it with causal_mask()/padding_mask()."
         )
     try:
-        torch.broadcast_shapes(mask.shape, scores_shape)
+        ok = torch.broadcast_shapes(mask.shape, scores_shape) == scores_shape
     except RuntimeError:
+        ok = False
+    if not ok:
         raise ValueError(
             f"attention mask of shape {tuple(mask.shape)} does not broadcast to the scores' "
             f"shape {tuple(scores_shape)} (..., L_q, L_k); use shape (L_q, L_k), "
             "(B, 1, L_q, L_k) or (B, 1, 1, L_k)."
-        ) from None
+        )
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -59,6 +62,13 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             f"k and v must have the same number of positions (one value per key): "
             f"k {tuple(k.shape)} vs v {tuple(v.shape)}."
         )
+    try:
+        torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"q, k, v must have the same leading (batch, head) dimensions: "
+            f"{tuple(q.shape[:-2])}, {tuple(k.shape[:-2])}, {tuple(v.shape[:-2])}."
+        ) from None
 
 
 def scaled_dot_product_attention(
@@ -98,14 +108,20 @@ def fused_attention(
     is_causal: bool = False,
 ) -> torch.Tensor:
     """The same as ``scaled_dot_product_attention`` through PyTorch's fused kernel
-    (FlashAttention / memory-efficient attention where available). No weights."""
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+    (FlashAttention / memory-efficient attention where available). No weights.
+
+    ``is_causal`` uses the same bottom-right aligned causal mask as ``causal_mask``
+    (PyTorch's own ``is_causal`` is top-left aligned when ``L_q != L_k``).
+    """
     _check_qkv(q, k, v)
-    scores_shape = (*q.shape[:-1], k.shape[-2])
-    _check_mask(mask, torch.Size(scores_shape))
+    L_q, L_k = q.shape[-2], k.shape[-2]
+    if mask is None and (not is_causal or L_q == L_k):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+    if mask is not None:
+        scores_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), L_q, L_k)
+        _check_mask(mask, torch.Size(scores_shape))
     if is_causal:
-        mask = mask & causal_mask(q.shape[-2], k.shape[-2], device=q.device)
+        mask = combine_masks(mask, causal_mask(L_q, L_k, device=q.device))
     fully_masked = ~mask.any(dim=-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | fully_masked, dropout_p=dropout_p)
     return out.masked_fill(fully_masked, 0.0)
@@ -223,8 +239,10 @@ class MultiHeadAttention(nn.Module):
 
         ``mask``: bool, broadcastable to ``(B, n_heads, L_q, L_k)``, True = may attend.
         ``is_causal``: add the causal mask (bottom-right aligned when ``cache`` holds
-        earlier positions). ``cache``: a ``KVCache`` to read and extend (self-attention
-        during generation). Returns ``(output (B, L_q, d_model), weights or None)``.
+        earlier positions). ``cache``: a ``KVCache`` for generation. In self-attention
+        (``memory`` None) each call appends the new positions' keys and values; in
+        cross-attention the memory's keys and values are computed on the first call and
+        reused afterwards. Returns ``(output (B, L_q, d_model), weights or None)``.
         """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
@@ -236,11 +254,20 @@ class MultiHeadAttention(nn.Module):
                 f"memory must have shape (B={x.shape[0]}, L_k, d_model={self.d_model}), "
                 f"got {tuple(kv.shape)}."
             )
+        if mask is not None and mask.dim() == 3:
+            raise ValueError(
+                f"a 3-D attention mask {tuple(mask.shape)} is ambiguous here (batch or heads?); "
+                "give it shape (B, 1, L_q, L_k) (mask[:, None]), (B, 1, 1, L_k) or (L_q, L_k)."
+            )
         q = self.split_heads(self.w_q(x))
-        k = self.split_heads(self.w_k(kv))
-        v = self.split_heads(self.w_v(kv))
-        if cache is not None:
-            k, v = cache.update(k, v)
+        if cache is not None and memory is not None and len(cache) > 0:
+            # cross-attention: the memory's keys and values were cached on the first step
+            k, v = cache.k, cache.v
+        else:
+            k = self.split_heads(self.w_k(kv))
+            v = self.split_heads(self.w_v(kv))
+            if cache is not None:
+                k, v = cache.update(k, v)
         L_q, L_k = q.shape[-2], k.shape[-2]
         dropout_p = self.dropout if self.training else 0.0
         if need_weights or self.record:

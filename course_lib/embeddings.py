@@ -17,7 +17,7 @@ from torch import nn
 
 
 def _check_ids(ids: torch.Tensor, vocab_size: int) -> None:
-    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"token ids must be an integer tensor, got {ids.dtype}.")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         bad = int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())
@@ -47,6 +47,22 @@ class TokenEmbedding(nn.Module):
         return x * math.sqrt(self.d_model) if self.scale else x
 
 
+def _check_positions(x: torch.Tensor, d_model: int, start: int, max_len: int, what: str) -> None:
+    if x.dim() != 3 or x.shape[-1] != d_model:
+        raise ValueError(
+            f"expected embeddings of shape (B, L, d_model={d_model}), got {tuple(x.shape)}; "
+            "add positions to the token embeddings, not to the token ids."
+        )
+    if start < 0:
+        raise ValueError(f"start must be >= 0 (the first position's index), got {start}.")
+    if start + x.shape[1] > max_len:
+        raise ValueError(
+            f"sequence of length {start + x.shape[1]} is longer than the {what}'s "
+            f"max_len={max_len}; crop the input to the last max_len tokens or build the model "
+            "with a larger max_len."
+        )
+
+
 def sinusoidal_encoding(max_len: int, d_model: int, base: float = 10000.0, dtype=torch.float32) -> torch.Tensor:
     """The ``(max_len, d_model)`` table of the paper's formula (even columns sin, odd cos)."""
     if d_model % 2:
@@ -65,17 +81,13 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     def __init__(self, d_model: int, max_len: int = 5000, dropout: float = 0.0, base: float = 10000.0):
         super().__init__()
-        self.max_len = max_len
+        self.d_model, self.max_len = d_model, max_len
         self.dropout = nn.Dropout(dropout)
         self.register_buffer("pe", sinusoidal_encoding(max_len, d_model, base), persistent=False)
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        _check_positions(x, self.d_model, start, self.max_len, "positional encoding")
         L = x.shape[1]
-        if start + L > self.max_len:
-            raise ValueError(
-                f"sequence of length {start + L} is longer than the positional encoding's "
-                f"max_len={self.max_len}; shorten the input or build the model with a larger max_len."
-            )
         return self.dropout(x + self.pe[start : start + L].to(x.dtype))
 
 
@@ -84,16 +96,12 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def __init__(self, max_len: int, d_model: int, dropout: float = 0.0):
         super().__init__()
-        self.max_len = max_len
+        self.d_model, self.max_len = d_model, max_len
         self.weight = nn.Parameter(torch.empty(max_len, d_model))
         nn.init.normal_(self.weight, std=0.02)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        _check_positions(x, self.d_model, start, self.max_len, "learned positional embedding")
         L = x.shape[1]
-        if start + L > self.max_len:
-            raise ValueError(
-                f"sequence of length {start + L} is longer than the context of {self.max_len} "
-                "positions; crop the input to the last max_len tokens or use a larger context."
-            )
         return self.dropout(x + self.weight[start : start + L])

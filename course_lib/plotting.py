@@ -7,11 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use(matplotlib.get_backend())  # keep the notebook's backend; Agg headless
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 FORMATS = ("png", "svg", "pdf")
 _METADATA = {
@@ -137,4 +135,71 @@ def attention_grid(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def scatter_2d(
+    points,
+    labels: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    title: str = "",
+    ax=None,
+    xlabel: str = "component 1",
+    ylabel: str = "component 2",
+):
+    """Scatter of ``(N, 2)`` points (a 2-D projection of embeddings), each point labelled
+    with ``labels[n]`` and coloured by ``groups[n]`` (one legend entry per group)."""
+    p = _to_numpy(points)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise ValueError(f"scatter_2d needs (N, 2) points, got shape {p.shape}; project to 2-D first.")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    else:
+        fig = ax.figure
+    names = list(dict.fromkeys(groups)) if groups is not None else [None]
+    colours = plt.get_cmap("tab10")
+    for c, name in enumerate(names):
+        idx = [n for n in range(len(p)) if groups is None or groups[n] == name]
+        ax.scatter(p[idx, 0], p[idx, 1], color=colours(c % 10), label=name, s=24)
+    if labels is not None:
+        for n, text in enumerate(labels):
+            ax.annotate(str(text), (p[n, 0], p[n, 1]), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    if groups is not None:
+        ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def lines(
+    curves: dict,
+    x=None,
+    title: str = "",
+    ax=None,
+    xlabel: str = "",
+    ylabel: str = "",
+    logy: bool = False,
+):
+    """One line per entry of ``curves`` (name -> values, or name -> (x, values)). Returns the figure."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.0, 3.5))
+    else:
+        fig = ax.figure
+    for name, ys in curves.items():
+        if isinstance(ys, tuple) and len(ys) == 2:
+            xs, ys = _to_numpy(ys[0]), _to_numpy(ys[1])
+        else:
+            ys = _to_numpy(ys)
+            xs = _to_numpy(x) if x is not None else np.arange(len(ys))
+        ax.plot(xs, ys, label=str(name))
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
     return fig

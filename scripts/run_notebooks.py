@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     out = args.out.resolve()
     os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    # No MPLBACKEND here: the kernel's inline backend keeps the figures in the outputs.
+    os.environ.pop("MPLBACKEND", None)
     os.environ.setdefault("PYTHONHASHSEED", "0")
     if not args.online:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

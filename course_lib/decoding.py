@@ -1,0 +1,197 @@
+"""Decoding a trained encoder-decoder: greedy search and beam search.
+
+    "We used beam search with a beam size of 4 and length penalty alpha = 0.6. [...]
+    We set the maximum output length during inference to input length + 50, but
+    terminate early when possible."  (Vaswani et al., 2017, 6.1)
+
+The source is encoded once; the decoder then runs one token at a time. With
+``use_cache=True`` each decoder layer keeps the keys and values of the tokens
+generated so far in a ``KVCache``, so every step feeds only the newest token.
+
+Length handling (the same in both searches, and in the brute-force test): a
+hypothesis ends when it emits ``<eos>`` or when it holds ``max_new_tokens`` tokens.
+Its length counts the generated tokens including ``<eos>``. Beam search ranks finished
+hypotheses by ``log P / lp(length)`` with GNMT's length penalty
+``lp(n) = ((5 + n) / 6) ** alpha`` (alpha = 0: plain log-probability). ``<pad>`` and
+``<bos>`` are never generated.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from course_lib.attention import padding_mask
+
+
+def length_penalty(n: int, alpha: float) -> float:
+    return ((5.0 + n) / 6.0) ** alpha
+
+
+def _forbid(logits: torch.Tensor, banned: list[int]) -> torch.Tensor:
+    if banned:
+        logits[..., banned] = float("-inf")
+    return logits
+
+
+@torch.no_grad()
+def greedy_decode(model, src: torch.Tensor, bos_id: int, eos_id: int, max_new_tokens: int = 64,
+                  use_cache: bool = True) -> list[list[int]]:
+    """Batched greedy search. ``src (B, L)`` padded with ``model.config.pad_id``.
+    Returns, per sentence, the generated ids (without ``<bos>``, ending in ``<eos>``
+    unless ``max_new_tokens`` was reached)."""
+    model.eval()
+    pad = model.config.pad_id
+    src_mask = padding_mask(src, pad)
+    memory = model.encode(src, src_mask)
+    B = src.shape[0]
+    max_new_tokens = min(max_new_tokens, model.config.max_len - 1)
+    ys = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)
+    done = torch.zeros(B, dtype=torch.bool, device=src.device)
+    caches = model.new_caches() if use_cache else None
+    for t in range(max_new_tokens):
+        if use_cache:
+            logits = model.decode(ys[:, -1:], memory, src_mask, caches=caches, start=t)
+        else:
+            logits = model.decode(ys, memory, src_mask)
+        logits = _forbid(logits[:, -1].float(), [pad, bos_id])
+        nxt = logits.argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        ys = torch.cat([ys, nxt[:, None]], dim=1)
+        done |= nxt == eos_id
+        if bool(done.all()):
+            break
+    out = []
+    for row in ys[:, 1:].tolist():
+        seq = []
+        for tok in row:
+            if tok == pad:
+                break
+            seq.append(tok)
+            if tok == eos_id:
+                break
+        out.append(seq)
+    return out
+
+
+@torch.no_grad()
+def beam_search(model, src: torch.Tensor, bos_id: int, eos_id: int, beam_size: int = 4,
+                max_new_tokens: int = 64, alpha: float = 0.6, use_cache: bool = True) -> list[int]:
+    """Beam search for one source sentence ``src (1, L)`` (or ``(L,)``).
+
+    Keeps the ``beam_size`` best unfinished hypotheses; a candidate ending in ``<eos>``
+    that ranks among the ``beam_size`` best of a step is finished. Stops when no
+    unfinished hypothesis can still beat the best finished one (log-probabilities only
+    fall, so ``score / lp(max_new_tokens)`` bounds what an unfinished one can reach).
+    Returns the best hypothesis's ids (as ``greedy_decode``).
+    """
+    model.eval()
+    if src.dim() == 1:
+        src = src[None]
+    if src.shape[0] != 1:
+        raise ValueError(f"beam_search translates one sentence, got a batch of {src.shape[0]}; loop over them.")
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}.")
+    pad = model.config.pad_id
+    max_new_tokens = min(max_new_tokens, model.config.max_len - 1)
+    src_mask = padding_mask(src, pad)
+    memory = model.encode(src, src_mask)  # encoded once, reused at every step
+    device = src.device
+    seqs = torch.full((1, 1), bos_id, dtype=torch.long, device=device)
+    scores = torch.zeros(1, device=device, dtype=torch.float64)
+    caches = model.new_caches() if use_cache else None
+    finished: list[tuple[float, list[int]]] = []  # (normalised score, ids)
+    for t in range(max_new_tokens):
+        n = seqs.shape[0]
+        mem, mmask = memory.expand(n, -1, -1), src_mask.expand(n, -1, -1, -1)
+        if use_cache:
+            logits = model.decode(seqs[:, -1:], mem, mmask, caches=caches, start=t)
+        else:
+            logits = model.decode(seqs, mem, mmask)
+        logp = _forbid(logits[:, -1].double(), [pad, bos_id]).log_softmax(-1)
+        V = logp.shape[-1]
+        cand = (scores[:, None] + logp).view(-1)
+        k = min(beam_size, int(torch.isfinite(cand).sum()))
+        top_scores, top_idx = cand.topk(min(cand.numel(), 2 * beam_size + 1))
+        last_step = t == max_new_tokens - 1
+        keep_rows, keep_tok, keep_scores = [], [], []
+        for rank, (s, idx) in enumerate(zip(top_scores.tolist(), top_idx.tolist())):
+            if s == float("-inf"):
+                break
+            row, tok = divmod(idx, V)
+            if tok == eos_id or last_step:
+                if rank < k:
+                    ids = seqs[row, 1:].tolist() + [tok]
+                    finished.append((s / length_penalty(len(ids), alpha), ids))
+            elif len(keep_rows) < beam_size:
+                keep_rows.append(row)
+                keep_tok.append(tok)
+                keep_scores.append(s)
+            if len(keep_rows) == beam_size and rank >= k - 1:
+                break
+        if not keep_rows or last_step:
+            break
+        index = torch.tensor(keep_rows, device=device)
+        seqs = torch.cat([seqs[index], torch.tensor(keep_tok, device=device)[:, None]], dim=1)
+        scores = torch.tensor(keep_scores, device=device, dtype=torch.float64)
+        if caches is not None:
+            for c in caches:
+                c.reorder(index)
+        if finished:
+            best = max(f[0] for f in finished)
+            bound = max(keep_scores) / length_penalty(max_new_tokens, alpha) if alpha > 0 else max(keep_scores)
+            if best >= bound:
+                break
+    if not finished:
+        return seqs[0, 1:].tolist()
+    return max(finished, key=lambda f: f[0])[1]
+
+
+@torch.no_grad()
+def sequence_log_prob(model, src: torch.Tensor, ids: list[int], bos_id: int) -> float:
+    """log P(ids | src) by teacher forcing (``<pad>``/``<bos>`` forbidden, as in the searches)."""
+    model.eval()
+    if src.dim() == 1:
+        src = src[None]
+    tgt = torch.tensor([[bos_id] + list(ids)], device=src.device)
+    logits = model(src, tgt[:, :-1]).double()
+    logp = _forbid(logits, [model.config.pad_id, bos_id]).log_softmax(-1)
+    return float(logp[0].gather(-1, tgt[0, 1:, None]).sum())
+
+
+def translate(model, tokenizer, sentences: list[str] | str, beam_size: int = 1, max_new_tokens: int | None = None,
+              alpha: float = 0.6, batch_size: int = 64, warn=print) -> list[str] | str:
+    """Translate text. ``beam_size=1``: batched greedy search; else beam search per sentence.
+
+    A source longer than the model's ``max_len`` is truncated to its first tokens, with a
+    one-line warning (the model itself refuses over-long input with an error).
+    """
+    from course_lib.translation_data import special_ids
+
+    single = isinstance(sentences, str)
+    sentences = [sentences] if single else list(sentences)
+    ids = special_ids(tokenizer)
+    pad, bos, eos = ids["<pad>"], ids["<bos>"], ids["<eos>"]
+    device = next(model.parameters()).device
+    max_len = model.config.max_len
+    encoded = []
+    for i, s in enumerate(sentences):
+        toks = tokenizer.encode(s)
+        if len(toks) + 1 > max_len:
+            warn(f"warning: sentence {i} has {len(toks) + 1} tokens (with <eos>), more than max_len={max_len}; "
+                 f"translating its first {max_len - 1} tokens only")
+            toks = toks[: max_len - 1]
+        encoded.append(toks + [eos])
+    outputs: list[list[int]] = []
+    for start in range(0, len(encoded), batch_size if beam_size == 1 else 1):
+        chunk = encoded[start : start + (batch_size if beam_size == 1 else 1)]
+        src = torch.full((len(chunk), max(map(len, chunk))), pad, dtype=torch.long)
+        for r, toks in enumerate(chunk):
+            src[r, : len(toks)] = torch.tensor(toks)
+        src = src.to(device)
+        limit = max_new_tokens or min(max_len - 1, src.shape[1] + 50)
+        if beam_size == 1:
+            outputs += greedy_decode(model, src, bos, eos, limit)
+        else:
+            outputs.append(beam_search(model, src, bos, eos, beam_size, limit, alpha))
+    texts = [tokenizer.decode([t for t in out if t != eos]) for out in outputs]
+    return texts[0] if single else texts
