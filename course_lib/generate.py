@@ -89,13 +89,15 @@ def generate(
     eos_id: int | None = None,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """Extend ``idx (B, T)`` by up to ``max_new_tokens`` tokens; returns ``(B, T + n)``.
 
     A prompt longer than the context is cropped to its last ``block_size`` tokens (with a
     warning). Generation stops early once every row has produced ``eos_id``; finished
     rows are padded with ``eos_id``. ``use_cache=False`` recomputes the whole context
-    at every step (same tokens, more work).
+    at every step (same tokens, more work). ``vocab_size``: never pick ids at or above it
+    (a model whose vocabulary was padded past the tokenizer's, e.g. 50,304 for GPT-2).
     """
     check_sampling_args(temperature, top_k, top_p)
     if idx.dim() == 1:
@@ -127,7 +129,10 @@ def generate(
             caches = model.new_caches() if use_cache and idx.shape[1] <= cfg.block_size else None
             logits, _ = model(window, caches=caches)
         fed = idx.shape[1]
-        probs = next_token_probs(logits[:, -1, :], temperature, top_k, top_p)
+        last = logits[:, -1, :]
+        if vocab_size is not None and vocab_size < last.shape[-1]:
+            last = last[:, :vocab_size]  # drop the padding ids
+        probs = next_token_probs(last, temperature, top_k, top_p)
         nxt = probs.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial(probs, 1, generator=generator)
         if eos_id is not None:
             nxt = nxt.masked_fill(finished[:, None], eos_id)
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = torch.tensor([tok.encode(args.prompt)] * args.num_samples, dtype=torch.long, device=device)
         gen = torch.Generator(device=device).manual_seed(args.seed)
         out = generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                       use_cache=not args.no_cache, generator=gen)
+                       use_cache=not args.no_cache, generator=gen, vocab_size=tok.vocab_size)
     except (ValueError, IndexError, FileNotFoundError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

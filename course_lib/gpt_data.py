@@ -5,8 +5,7 @@ Every Python installation carries the docstrings of its standard library (what
 course commits none of it, and gets English prose about programming that is worth
 reading back from a small model. The text depends on the Python version a little.
 
-Also here, until ``course_lib.tokenizer`` lands: the character and GPT-2 tokenizers
-the GPT code uses (same interface: ``encode``, ``decode``, ``vocab_size``, ``save``).
+``load_corpus`` also reads local files and, through ``course_lib.data``, tiny Shakespeare.
 """
 
 from __future__ import annotations
@@ -14,9 +13,11 @@ from __future__ import annotations
 import gzip
 import importlib
 import inspect
-import json
 import string
 from pathlib import Path
+
+# the tokenizers GPT code uses, re-exported for course_lib.gpt_train and course_lib.generate
+from course_lib.tokenizer import CharTokenizer, TiktokenTokenizer, load_tokenizer  # noqa: F401
 
 STDLIB_MODULES = (
     "json", "textwrap", "string", "collections", "itertools", "functools", "pathlib", "random",
@@ -89,73 +90,3 @@ def load_corpus(source: str, n_chars: int | None = None) -> tuple[str, str]:
     loaded = load_text(source)
     return (loaded.text[:n_chars] if n_chars else loaded.text), loaded.source
 
-
-# ---- tokenizers (temporary, until course_lib.tokenizer is on main) --------------------------
-
-try:
-    from course_lib.tokenizer import CharTokenizer, TiktokenTokenizer  # noqa: F401
-    from course_lib.tokenizer import load_tokenizer as _load_tokenizer
-except ImportError:
-    _load_tokenizer = None
-
-    class CharTokenizer:
-        """One token per character; the vocabulary is the sorted set of the text's characters."""
-
-        def __init__(self, chars):
-            self.chars = list(chars)
-            self.stoi = {c: i for i, c in enumerate(self.chars)}
-            self.special_tokens: dict[str, int] = {}
-
-        @classmethod
-        def from_text(cls, text: str, special_tokens=()):
-            return cls(sorted(set(text)))
-
-        @property
-        def vocab_size(self) -> int:
-            return len(self.chars)
-
-        def encode(self, text: str) -> list[int]:
-            unknown = sorted(set(text) - set(self.stoi))
-            if unknown:
-                raise ValueError(f"characters {unknown[:10]} are not in this tokenizer's vocabulary.")
-            return [self.stoi[c] for c in text]
-
-        def decode(self, ids) -> str:
-            return "".join(self.chars[i] for i in ids)
-
-        def save(self, path) -> None:
-            Path(path).write_text(json.dumps({"type": "char", "chars": self.chars}))
-
-    class TiktokenTokenizer:
-        """GPT-2's byte-level BPE (50,257 tokens) through tiktoken."""
-
-        def __init__(self, name: str = "gpt2"):
-            import tiktoken
-
-            self.name, self.enc = name, tiktoken.get_encoding(name)
-            self.special_tokens = {"<|endoftext|>": self.enc.eot_token}
-
-        @property
-        def vocab_size(self) -> int:
-            return self.enc.n_vocab
-
-        def encode(self, text: str) -> list[int]:
-            return self.enc.encode_ordinary(text)
-
-        def decode(self, ids) -> str:
-            return self.enc.decode(list(ids))
-
-        def save(self, path) -> None:
-            Path(path).write_text(json.dumps({"type": "tiktoken", "name": self.name}))
-
-
-def load_tokenizer(path):
-    """Read a tokenizer saved with ``save(path)``."""
-    if _load_tokenizer is not None:
-        return _load_tokenizer(path)
-    d = json.loads(Path(path).read_text())
-    if d.get("type") == "char":
-        return CharTokenizer(d["chars"])
-    if d.get("type") == "tiktoken":
-        return TiktokenTokenizer(d["name"])
-    raise ValueError(f"{path} is not a tokenizer file this course knows.")

@@ -111,6 +111,29 @@ def test_greedy_equals_argmax_of_full_forward():
         assert out[0, t] == logits[0, -1].argmax()
 
 
+class _PaddingFavoured(torch.nn.Module):
+    """A model whose last ids (vocabulary padding) get the highest logits."""
+
+    def __init__(self, model, n_real):
+        super().__init__()
+        self.model, self.config, self.n_real = model, model.config, n_real
+
+    def new_caches(self):
+        return self.model.new_caches()
+
+    def forward(self, idx, targets=None, caches=None):
+        logits, loss = self.model(idx, caches=caches)
+        return torch.cat([logits[..., : self.n_real], logits[..., self.n_real :] + 20.0], -1), loss
+
+
+def test_padded_vocabulary_ids_are_never_picked():
+    model = _PaddingFavoured(_tiny(3), 20)
+    prompt = torch.tensor([[1, 2]])
+    assert int(generate(model, prompt, 12, temperature=0.0)[0, 2:].min()) >= 20
+    out = generate(model, prompt, 12, temperature=1.0, vocab_size=20, generator=torch.Generator().manual_seed(0))
+    assert int(out[0, 2:].max()) < 20
+
+
 def test_stop_at_end_token():
     model = _tiny(2)
     greedy = generate(model, torch.tensor([[4]]), 10, temperature=0.0)
