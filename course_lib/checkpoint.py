@@ -97,7 +97,8 @@ def rng_state() -> dict[str, torch.Tensor]:
 def set_rng_state(states: dict[str, torch.Tensor]) -> None:
     if "cpu" in states:
         torch.set_rng_state(states["cpu"].to(torch.uint8))
-    cuda = [states[k].to(torch.uint8) for k in sorted(states) if k.startswith("cuda")]
+    cuda_keys = sorted((k for k in states if k.startswith("cuda")), key=lambda k: int(k[4:]))
+    cuda = [states[k].to(torch.uint8) for k in cuda_keys]  # device order: cuda2 before cuda10
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
 
