@@ -22,6 +22,7 @@ import json
 import math
 import random
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -136,8 +137,10 @@ def collate(examples, idx: list[int], pad_id: int, device) -> tuple[torch.Tensor
 
 
 def _autocast(device: torch.device, amp: bool):
-    enabled = amp and device.type == "cuda"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    # Only CUDA autocasts here; elsewhere a null context (torch 2.4 has no MPS autocast).
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def batch_loss(model, src, tgt, label_smoothing: float = 0.0, amp: bool = True) -> torch.Tensor:
