@@ -101,7 +101,10 @@ def wrap_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
     """The module the training step calls: DDP or FSDP under torchrun, compiled on CUDA."""
     model = D.wrap_model(model, D.current(device), "fsdp" if cfg.fsdp else "ddp")
     if use_compile(cfg, device):
-        return torch.compile(model)
+        try:
+            return torch.compile(model)
+        except RuntimeError as exc:  # e.g. torch 2.5 on Python 3.13: no Dynamo yet
+            log(f"torch.compile is not available here ({exc}); training without it.")
     return model
 
 
@@ -146,12 +149,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (cfg.lr - min_lr)
 
 
+def _cuda_capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+
+
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    return (device.type == "cuda") if cfg.bf16 is None else bool(cfg.bf16)
+    """Default: on for GPUs with native bf16 (Ampere and newer; a T4 would only emulate it)."""
+    return _cuda_capability(device) >= (8, 0) if cfg.bf16 is None else bool(cfg.bf16)
 
 
 def use_compile(cfg: TrainConfig, device: torch.device) -> bool:
-    return (device.type == "cuda") if cfg.compile is None else bool(cfg.compile)
+    """Default: on for CUDA GPUs that Triton supports (compute capability 7.0 and newer)."""
+    return _cuda_capability(device) >= (7, 0) if cfg.compile is None else bool(cfg.compile)
 
 
 def estimate_mfu(flops_per_token: float, tokens_per_s: float, device: torch.device) -> float | None:
