@@ -133,9 +133,28 @@ def save_checkpoint(
     return path
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The JSON parts of a checkpoint (``config``, ``train_state``, ...), without tensors."""
+CHECKPOINT_NAMES = ("checkpoint.safetensors", "ckpt.safetensors")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file from a file path or a run folder (``checkpoint.safetensors`` or
+    ``ckpt.safetensors`` inside it)."""
     path = Path(path)
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(
+            f"no checkpoint in the folder {path} (looked for {', '.join(CHECKPOINT_NAMES)}); "
+            "train first or pass the .safetensors file itself."
+        )
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON parts of a checkpoint (``config``, ``train_state``, ...), without tensors.
+    ``path`` is the file or its run folder."""
+    path = resolve_checkpoint(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; train first or check the path.")
     with safe_open(str(path), framework="pt") as f:
@@ -148,6 +167,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
     ``optimizer`` is a dict ready for ``optimizer.load_state_dict`` (or None).
     """
+    path = resolve_checkpoint(path)
     meta = read_metadata(path)
     tensors = load_file(str(path), device=str(device))
     groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}}

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from course_lib.attention import MultiHeadAttention, record_attention
+from course_lib.checkpoint import resolve_checkpoint
 
 # model_type (the checkpoint config's "model_type") -> "module:Class"; imported only when
 # used. A model_type that is not a key here may name its class itself: "package.module:Class".
@@ -253,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")
     from course_lib.tokenizer import load_tokenizer
 
-    checkpoint = Path(args.checkpoint)
+    checkpoint = resolve_checkpoint(args.checkpoint)
     tok_path = Path(args.tokenizer) if args.tokenizer else checkpoint.parent / "tokenizer.json"
     if not tok_path.exists():
         p.error(f"no tokenizer at {tok_path}; save it beside the checkpoint or pass --tokenizer.")

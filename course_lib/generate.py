@@ -146,9 +146,7 @@ def generate(
 
 def load_model(checkpoint: str, device: str | torch.device = "cpu"):
     """Rebuild the GPT and its tokenizer (``tokenizer.json`` beside) from a checkpoint."""
-    from pathlib import Path
-
-    from course_lib.checkpoint import load_checkpoint
+    from course_lib.checkpoint import load_checkpoint, resolve_checkpoint
     from course_lib.gpt import GPT
     from course_lib.gpt_data import load_tokenizer
 
@@ -157,7 +155,7 @@ def load_model(checkpoint: str, device: str | torch.device = "cpu"):
         raise ValueError(f"{checkpoint} holds a {ckpt['config'].get('model_type')!r} model, not a GPT.")
     model = GPT.from_config(ckpt["config"]).to(device)
     model.load_state_dict(ckpt["model"])
-    tok_path = Path(checkpoint).with_name("tokenizer.json")
+    tok_path = resolve_checkpoint(checkpoint).with_name("tokenizer.json")
     tokenizer = load_tokenizer(tok_path) if tok_path.exists() else None
     return model.eval(), tokenizer
 

@@ -110,3 +110,17 @@ def test_tied_weights_save(tmp_path):
     path = save_checkpoint(tmp_path / "t.safetensors", state, {})
     loaded = load_checkpoint(path)["model"]
     assert torch.equal(loaded["emb.weight"], loaded["head.weight"])
+
+
+def test_a_run_folder_resolves_to_its_checkpoint(tmp_path):
+    from course_lib.checkpoint import resolve_checkpoint
+
+    model, _ = _model_and_optimizer()
+    for name in ("checkpoint.safetensors", "ckpt.safetensors"):
+        run = tmp_path / name.split(".")[0]
+        save_checkpoint(run / name, model, {"d": 4}, train_state={"step": 7})
+        assert resolve_checkpoint(run) == run / name
+        assert read_metadata(run)["train_state"] == {"step": 7}
+        assert torch.equal(load_checkpoint(run)["model"]["0.weight"], model[0].weight)
+    with pytest.raises(FileNotFoundError, match="no checkpoint in the folder"):
+        resolve_checkpoint(tmp_path)
