@@ -15,13 +15,7 @@ from course_lib.transformer import Transformer, TransformerConfig
 D, H, FF = 16, 4, 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight the other test worker)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _copy_mha(ours, theirs: nn.MultiheadAttention):
