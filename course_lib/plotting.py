@@ -84,11 +84,13 @@ def heatmap(
     if y_labels is not None:
         ax.set_yticks(range(len(y_labels)), labels=list(y_labels))
     if annotate:
+        finite = m[np.isfinite(m)]  # -inf scores (masked) must not drag the threshold down
+        middle = float(finite.mean()) if finite.size else 0.0
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if np.isfinite(m[i, j]) and (mask is None or allowed[i, j]):
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if m[i, j] < np.nanmean(m) else "black")
+                            color="white" if m[i, j] < middle else "black")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -98,3 +98,12 @@ def test_save_figure_is_byte_identical_across_runs(tmp_path):
     assert digests(tmp_path / "c") == runs[0]
     head = (tmp_path / "a" / "grid.pdf").read_bytes()
     assert b"CreationDate" not in head
+
+
+def test_annotations_contrast_ignores_masked_minus_inf():
+    # the label colour threshold is the mean of the finite cells: 1.0 here, not -inf
+    m = torch.tensor([[1.0, float("-inf")], [0.0, 2.0]])
+    fig = heatmap(m, annotate=True)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["1.00", "0.00", "2.00"]
+    assert [t.get_color() for t in fig.axes[0].texts] == ["black", "white", "black"]
+    plt.close(fig)
