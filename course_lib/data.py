@@ -82,6 +82,28 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message and len(message) <= 80 else type(exc).__name__
 
 
+def call_with_timeout(fn, timeout: float):
+    """``(fn(), None)`` if ``fn`` returns within ``timeout`` s, else ``(None, why not)``.
+
+    ``fn`` runs in a daemon thread, so a network call that hangs (no internet) cannot
+    block the course: after ``timeout`` s we move on and the thread is abandoned.
+    """
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except Exception as exc:  # offline, blocked, unknown name, ...
+            result["error"] = short_error(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "value" in result:
+        return result["value"], None
+    return None, result.get("error", f"no answer within {timeout:g} s")
+
+
 def _say(line: str, verbose: bool) -> None:
     if verbose:
         print(line)
@@ -116,21 +138,8 @@ def _try_hub(repo: str, timeout: float) -> str | None:
     offline = _hub_offline()
     if offline:
         return offline
-    result: dict = {}
-
-    def target():
-        try:
-            _hub_reachable(repo, timeout)
-            result["ok"] = True
-        except Exception as exc:
-            result["error"] = short_error(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if result.get("ok"):
-        return None
-    return result.get("error", f"no answer within {timeout:g} s")
+    _, error = call_with_timeout(lambda: _hub_reachable(repo, timeout), timeout)
+    return error
 
 
 def _string_columns(row: dict) -> list[str]:

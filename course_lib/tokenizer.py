@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections import Counter
 from pathlib import Path
 
 from course_lib import bpe
-from course_lib.data import generated_corpus, short_error
+from course_lib.data import call_with_timeout, generated_corpus
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -363,22 +362,12 @@ def load_tokenizer(path) -> Tokenizer:
 
 def load_tiktoken(name: str = "gpt2", timeout: float = 5.0):
     """``(encoding, None)`` if tiktoken loads ``name`` within ``timeout`` s, else ``(None, why)``."""
-    result: dict = {}
+    def get_encoding():
+        import tiktoken
 
-    def target():
-        try:
-            import tiktoken
+        return tiktoken.get_encoding(name)
 
-            result["encoding"] = tiktoken.get_encoding(name)
-        except Exception as exc:  # offline, blocked, or an unknown name
-            result["error"] = short_error(exc)
-
-    thread = threading.Thread(target=target, daemon=True)  # a hung download cannot block us
-    thread.start()
-    thread.join(timeout)
-    if "encoding" in result:
-        return result["encoding"], None
-    return None, result.get("error", f"no answer within {timeout:g} s")
+    return call_with_timeout(get_encoding, timeout)  # a hung download cannot block us
 
 
 _COURSE_BPE: dict = {}
