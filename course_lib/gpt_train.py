@@ -8,7 +8,7 @@ torch.compile, evaluation, checkpoints and exact resume.
 Data order is a pure function of (seed, step, micro-step, rank), so a resumed run draws
 exactly the batches the uninterrupted run would have; the checkpoint also restores the
 optimizer and the RNG state (dropout). The pieces a distributed run replaces are small
-functions: ``rank_and_world``, ``is_main_process``, ``log``, ``wrap_model`` and the
+functions: ``is_main_process``, ``log``, ``wrap_model`` and the
 ``rank``/``world`` arguments of ``get_batch``.
 
     python -m course_lib.train gpt --preset tiny --data stdlib --steps 500
@@ -79,15 +79,8 @@ def prepare_data(text: str, tokenizer, val_fraction: float = 0.1) -> TokenData:
 
 # ---- the parts a distributed run replaces -------------------------------------------------
 
-def rank_and_world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def is_main_process() -> bool:
-    return rank_and_world()[0] == 0
+    return D.current().is_main
 
 
 def log(msg: str) -> None:
@@ -221,7 +214,7 @@ def train(model: GPT, data: TokenData, cfg: TrainConfig, tokenizer=None, resume:
         set_rng_state(loaded["rng"])
         state = {**loaded["train_state"], "train_config": asdict(cfg)}
         log(f"resumed from {ckpt} at step {state['step']}")
-    world = rank_and_world()[1]
+    world = D.current(device).world_size
     block_size = model.config.block_size
     tokens_per_step = cfg.batch_size * cfg.grad_accum * block_size
     stop_step = min(cfg.steps, until_step) if until_step is not None else cfg.steps
