@@ -5,18 +5,18 @@ Every Python installation carries the docstrings of its standard library (what
 course commits none of it, and gets English prose about programming that is worth
 reading back from a small model. The text depends on the Python version a little.
 
-``load_corpus`` also reads local files and, through ``course_lib.data``, tiny Shakespeare.
+``load_corpus`` reads local files and tiny Shakespeare through ``course_lib.data.load_text``.
 """
 
 from __future__ import annotations
 
-import gzip
 import importlib
 import inspect
 import string
 from pathlib import Path
 
 # the tokenizers GPT code uses, re-exported for course_lib.gpt_train and course_lib.generate
+from course_lib.data import load_text
 from course_lib.tokenizer import CharTokenizer, TiktokenTokenizer, load_tokenizer  # noqa: F401
 
 STDLIB_MODULES = (
@@ -75,18 +75,7 @@ def load_corpus(source: str, n_chars: int | None = None) -> tuple[str, str]:
         return stdlib_docs(n_chars), "docstrings of the Python standard library (read at run time)"
     path = Path(source)
     if path.is_dir() and (path / "input.txt").exists():
-        path = path / "input.txt"
-    if path.is_file():
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        text = raw.decode("utf-8")
-        return (text[:n_chars] if n_chars else text), str(path)
-    try:
-        from course_lib.data import load_text  # the foundation helper's loader
-    except ImportError:
-        raise FileNotFoundError(
-            f"no file {source!r}; use 'stdlib', a local .txt/.gz file, or a folder with input.txt "
-            "(e.g. ../shared/data/tinyshakespeare)."
-        ) from None
-    loaded = load_text(source)
-    return (loaded.text[:n_chars] if n_chars else loaded.text), loaded.source
+        source = str(path / "input.txt")
+    loaded = load_text(source, max_chars=n_chars)  # local .txt/.gz files and hub names alike
+    return loaded.text, loaded.source
 
