@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from course_lib import data, grammar
+from course_lib import data
+from course_lib.data import grammar
 from course_lib.data import generated_corpus, load_parallel, load_text
 
 

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib import distributed as D
+from course_lib import scaleout as D
 from course_lib.attention import MultiHeadAttention
 from course_lib.checkpoint import load_checkpoint
-from course_lib.launch import free_port, launch
-from course_lib.rank_memory import memory_report
+from course_lib.scaleout import free_port, launch
+from course_lib.scaleout.rank_memory import memory_report
 
 VOCAB, D_MODEL, N_HEADS, T, BATCH = 11, 16, 2, 6, 8
 STEPS, SAVE_AT, ACCUM, CLIP = 4, 2, 2, 0.75
