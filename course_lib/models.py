@@ -57,7 +57,9 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         for old, new in LEGACY_NAMES:
             key = re.sub(old, new, key)
         norms = LEGACY_DECODER_NORMS if key.startswith("decoder_layers.") else LEGACY_ENCODER_NORMS
-        key = re.sub(r"\.(norm[123])\.", lambda m: f".{norms.get(m.group(1), m.group(1))}.", key)
+        match = re.search(r"\.(norm[123])\.", key)
+        if match and match.group(1) in norms:
+            key = key.replace(match.group(0), f".{norms[match.group(1)]}.")
         out[key] = value
     return out
 

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from course_lib.checkpoint import CheckpointConfigError
-from course_lib.gpt import GPT, GPTConfig
 from course_lib.data import stdlib_docs
+from course_lib.gpt import GPT, GPTConfig
 from course_lib.tokenizer import CharTokenizer
 from course_lib.training.gpt import (
     GPTTrainConfig as TrainConfig,
+)
+from course_lib.training.gpt import (
     configure_optimizer,
     get_batch,
     lr_at,

@@ -11,16 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.data import grammar
 from course_lib.checkpoint import CheckpointConfigError, read_metadata
+from course_lib.data import grammar, load_pairs
 from course_lib.decoding import translate
 from course_lib.exercises import solution
-from course_lib.transformer import Transformer, TransformerConfig
-from course_lib.data import load_pairs
-from course_lib.training.translation import build_tokenizer
 from course_lib.training.core import noam_lr
 from course_lib.training.translation import TranslationTrainConfig as TrainConfig
-from course_lib.training.translation import load_config, make_batches, train
+from course_lib.training.translation import build_tokenizer, load_config, make_batches, train
+from course_lib.transformer import Transformer, TransformerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -189,7 +189,7 @@ def generated_corpus(n_chars: int = GENERATED_CHARS, seed: int = 0) -> str:
     rng = random.Random(seed)
     parts, length = [], 0
     while length < n_chars:
-        story = story(rng) + "\n\n"
-        parts.append(story)
-        length += len(story)
+        text = story(rng) + "\n\n"
+        parts.append(text)
+        length += len(text)
     return "".join(parts)[:n_chars]
