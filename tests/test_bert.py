@@ -6,7 +6,14 @@ import math
 import pytest
 import torch
 
-from course_lib.bert import IGNORE, BertConfig, BertMLM, hf_to_course_state_dict, mask_tokens, mlm_loss
+from course_lib.bert import (
+    IGNORE,
+    BertConfig,
+    BertMLM,
+    hf_to_course_state_dict,
+    mask_tokens,
+    mlm_loss,
+)
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,7 +11,7 @@ from course_lib.data import dialogues, grammar, tasks
 
 def test_corruptions_differ_from_the_translation_in_one_place():
     rng = random.Random(0)
-    for en, de in grammar.generate_pairs(300, seed=3):
+    for _, de in grammar.generate_pairs(300, seed=3):
         for kind in tasks.KINDS:
             made = tasks.corrupt(de, kind, rng)
             if made is None:
