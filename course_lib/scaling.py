@@ -179,19 +179,28 @@ def isoflop_minimum(n_params, loss) -> tuple[float, float, np.ndarray]:
 
 
 def isoflop_analysis(rows: list[dict]) -> dict:
-    """Approach 2 on IsoFLOP rows (``budget``, ``params``, ``val_loss``): the minimum of
-    every budget, then N_opt ~ C^a and D_opt ~ C^b by power-law fits."""
-    budgets = sorted({r["budget"] for r in rows})
-    minima = []
-    for c in budgets:
+    """Approach 2 on IsoFLOP rows (``budget``, ``params``, ``val_loss``): the vertex of every
+    budget's parabola (``inside``: whether it lies within the sizes measured; budgets whose
+    losses do not curve upwards are listed in ``skipped``), then N_opt ~ C^a and D_opt ~ C^b
+    by power-law fits through the vertices (NaN with fewer than 2)."""
+    minima, skipped = [], []
+    for c in sorted({r["budget"] for r in rows}):
         runs = [r for r in rows if r["budget"] == c]
-        n_opt, l_min, coeffs = isoflop_minimum([r["params"] for r in runs], [r["val_loss"] for r in runs])
+        sizes = [r["params"] for r in runs]
+        try:
+            n_opt, l_min, coeffs = isoflop_minimum(sizes, [r["val_loss"] for r in runs])
+        except ValueError:
+            skipped.append(c)
+            continue
         minima.append({"budget": c, "n_opt": n_opt, "d_opt": c / (6 * n_opt), "loss": l_min,
-                       "coeffs": coeffs.tolist()})
-    flops = [m["budget"] for m in minima]
-    k_n, minus_a = fit_power_law(flops, [m["n_opt"] for m in minima])
-    k_d, minus_b = fit_power_law(flops, [m["d_opt"] for m in minima])
-    return {"minima": minima, "a": -minus_a, "b": -minus_b, "k_n": k_n, "k_d": k_d}
+                       "inside": min(sizes) <= n_opt <= max(sizes), "coeffs": coeffs.tolist()})
+    out = {"minima": minima, "skipped": skipped, "a": math.nan, "b": math.nan}
+    if len(minima) >= 2:
+        flops = [m["budget"] for m in minima]
+        out["k_n"], minus_a = fit_power_law(flops, [m["n_opt"] for m in minima])
+        out["k_d"], minus_b = fit_power_law(flops, [m["d_opt"] for m in minima])
+        out["a"], out["b"] = -minus_a, -minus_b
+    return out
 
 
 # ---- the grid ------------------------------------------------------------------------------
@@ -224,10 +233,11 @@ class GridSpec:
 GRIDS = {
     # CPU: about a minute on one core; 4 shapes spanning 32x in N.
     "cpu": GridSpec(shapes=[(1, 4), (1, 8), (1, 16), (2, 24)], max_flops=1.2e10, max_ratio=1000.0),
-    # GPU: 8 shapes from 0.1M to 85M parameters, about 0.7 billion tokens in all.
+    # GPU: 8 shapes from 0.1M to 85M parameters, about 0.7 billion tokens in all, on 20M characters
+    # of generated stories (offline; a run sees its text at most ~9 times). Not yet run on a GPU.
     "gpu": GridSpec(shapes=[(2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12, 768)],
                     max_flops=2e15, max_ratio=200.0, block_size=256, batch_size=64, lr=1e-3, warmup=200, head_dim=64,
-                    min_steps=500, evals=20, eval_batches=40, max_chars=None, data="tinyshakespeare"),
+                    min_steps=500, evals=20, eval_batches=40, max_chars=20_000_000, data="generated"),
 }
 
 
@@ -348,10 +358,10 @@ def main(argv=None) -> int:
                description="Train the scaling-law grid of notebook 11 and write its results (JSON).")
     p.add_argument("--grid", default="gpu", choices=sorted(GRIDS), help="which grid of sizes and budgets")
     p.add_argument("--out", default="scaling_results.json", help="results file (JSON) that notebook 11 loads")
-    p.add_argument("--data", default=None, help="text to train on (default: the grid's own)")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best found)")
-    p.add_argument("--max-flops", type=float, default=None, help="compute of each run (default: the grid's)")
-    p.add_argument("--shapes", type=int, default=None, help="train only the first N shapes (a quick check)")
+    p.add_argument("--data", default=None, help="text to train on (None: the grid's own)")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (None: the best found)")
+    p.add_argument("--max-flops", type=float, default=None, help="compute of each run (None: the grid's)")
+    p.add_argument("--shapes", type=int, default=None, help="train only the first N shapes (a quick check; None: all)")
     args = p.parse_args(argv)
     spec = copy.deepcopy(GRIDS[args.grid])
     if args.data:
@@ -369,7 +379,7 @@ def main(argv=None) -> int:
         raise ValueError(f"--out {out} is a folder; give a file name such as results.json.")
     out.parent.mkdir(parents=True, exist_ok=True)
     text = load_text(spec.data, max_chars=spec.max_chars)
-    print(f"data: {text.source} ({len(text.text):,} characters); {len(spec.shapes)} model sizes", flush=True)
+    print(f"data: {text.source}; {len(spec.shapes)} model sizes", flush=True)
     rows: list[dict] = []
 
     def report(new):
