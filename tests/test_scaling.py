@@ -145,3 +145,12 @@ def test_a_tiny_grid_trains_saves_and_loads(tmp_path, one_thread):
 def test_command_reports_a_folder_as_out(tmp_path, capsys):
     assert run_command(main, ["--grid", "cpu", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: --out")
+
+
+def test_isoflop_analysis_skips_budgets_without_a_minimum():
+    rows = [{"budget": 1.0, "params": n, "val_loss": 3.0 - 0.1 * (np.log(n) - 8) ** 2} for n in (1e3, 3e3, 1e4)]
+    rows += [{"budget": 2.0, "params": n, "val_loss": 2.0 + 0.1 * (np.log(n) - 6.5) ** 2} for n in (1e3, 3e3, 1e4)]
+    out = isoflop_analysis(rows)
+    assert out["skipped"] == [1.0] and len(out["minima"]) == 1 and np.isnan(out["a"])
+    assert out["minima"][0]["inside"] is False  # the vertex, e^6.5 ~ 665, is below the smallest size
+    assert out["minima"][0]["n_opt"] == pytest.approx(np.exp(6.5))
