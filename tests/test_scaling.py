@@ -154,3 +154,12 @@ def test_isoflop_analysis_skips_budgets_without_a_minimum():
     assert out["skipped"] == [1.0] and len(out["minima"]) == 1 and np.isnan(out["a"])
     assert out["minima"][0]["inside"] is False  # the vertex, e^6.5 ~ 665, is below the smallest size
     assert out["minima"][0]["n_opt"] == pytest.approx(np.exp(6.5))
+
+
+def test_command_writes_a_results_file_the_notebook_loads(tmp_path, capsys, one_thread):
+    out = tmp_path / "results.json"
+    assert run_command(main, ["--grid", "cpu", "--shapes", "1", "--max-flops", "1e8", "--device", "cpu",
+                              "--out", str(out)]) == 0
+    runs = load_results(out)["runs"]
+    assert len(runs) >= 2 and {r["params"] for r in runs} == {508}
+    assert "wrote" in capsys.readouterr().out
