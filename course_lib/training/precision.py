@@ -62,25 +62,25 @@ def resolve_precision(requested: str, device_type: str, capability: tuple[int, i
         cc = f"compute capability {cap[0]}.{cap[1]}"
         if requested == "auto":
             if cap >= (8, 0):
-                return "bf16", f"{what} ({cc}) has bf16 tensor cores"
+                return "bf16", f"{cc}: bf16 tensor cores"
             if cap >= (7, 0):
-                return "fp16", f"{what} ({cc}) has fp16 but no bf16 tensor cores: fp16 with a gradient scaler"
-            return "fp32", f"{what} ({cc}) has no tensor cores"
+                return "fp16", f"{cc}: fp16 tensor cores, no bf16"
+            return "fp32", f"{cc}: no tensor cores"
         if requested == "bf16" and cap < (8, 0):
             raise ValueError(f"--precision bf16 needs compute capability >= 8.0 (Ampere or newer); {what} has "
                              f"{cap[0]}.{cap[1]}. Use --precision fp16 (or auto, which picks it).")
         if requested == "fp16" and cap < (7, 0):
             raise ValueError(f"--precision fp16 needs compute capability >= 7.0 (tensor cores); {what} has "
                              f"{cap[0]}.{cap[1]}. Use --precision fp32 (or auto).")
-        return requested, f"asked for {requested} ({what}, {cc})"
+        return requested, f"asked for, {cc}"
     if device_type == "mps":
         if requested in ("bf16", "fp16"):
             raise ValueError(f"--precision {requested} is not supported on Apple's MPS here; "
                              "use --precision fp32 (or auto).")
-        return "fp32", f"{what}: float32"
+        return "fp32", "MPS: float32"
     if requested == "auto":
-        return "fp32", f"{what}: float32 (autocast only pays on a GPU)"
-    return requested, f"asked for {requested} on the {what} (slow there; meant for tests)"
+        return "fp32", f"{device_type.upper()}: autocast only pays on a GPU"
+    return requested, f"asked for; slow on the {device_type.upper()}, meant for tests"
 
 
 @dataclass
