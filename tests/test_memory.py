@@ -221,3 +221,17 @@ def test_table_and_stacked_bars():
     top = max(p.get_y() + p.get_height() for p in ax.patches)
     assert top == pytest.approx(sum(table.loc[0, c] for c in COMPONENTS))
     matplotlib.pyplot.close(fig)
+
+
+def test_the_gpu_measurement_runs_its_code_path_on_the_cpu():
+    """measure_cuda_memory is what gpu_check runs on the GPU; here its step (fp16 + scaler,
+    accumulation, the compile switch) runs on the CPU so that a crash in it shows up in CI."""
+    for cfg, kw in ((CONFIGS["gpt-no-bias"], {}), (CONFIGS["transformer-base-like"], {"src_len": 8})):
+        out = _measure_cuda(cfg, kw)
+        assert out["total"] is None and out["tokens_per_s"] > 0
+
+
+def _measure_cuda(cfg, kw):
+    from course_lib.training.memory import measure_cuda_memory
+
+    return measure_cuda_memory(cfg, 2, 8, "fp16", device="cpu", compile=False, **kw)

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from course_lib.attention import causal_mask
-from course_lib.plotting import FORMATS, attention_grid, heatmap, lines, save_figure, scatter_2d, stacked_bars
+from course_lib.plotting import (
+    FORMATS,
+    attention_grid,
+    heatmap,
+    lines,
+    save_figure,
+    scatter_2d,
+    stacked_bars,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENS = ["the", "cat", "sat", "on", "the", "mat"]

@@ -283,6 +283,61 @@ class PeakBytes:
         return self._mode.__exit__(*exc)
 
 
+def _training_step(model, opt, config, B: int, T: int, S: int, amp, keep: bool, label_smoothing: float,
+                   device, scaler=None):
+    """``step(n_micro)``: one optimizer step of ``n_micro`` micro-batches of random tokens, as
+    the trainers run it (the GPT trainer holds the logits; the loss is taken in float32).
+    Returns the bytes of the gradients just before the optimizer step."""
+    import torch
+    import torch.nn.functional as F
+
+    is_gpt = isinstance(config, GPTConfig)
+    held = []
+
+    def nbytes(tensors) -> int:
+        return sum(t.untyped_storage().nbytes() for t in {id(t): t for t in tensors}.values())
+
+    def micro_step(n_micro: int):
+        if is_gpt:
+            chunk = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
+            x, y = chunk[:, :-1], chunk[:, 1:]
+            with amp:
+                logits, loss = model(x, y)
+        else:
+            src = torch.randint(1, config.src_vocab_size, (B, S), device=device)
+            tgt = torch.randint(1, config.tgt_vocab_size, (B, T + 1), device=device)
+            with amp:
+                logits = model(src, tgt[:, :-1])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), tgt[:, 1:].flatten(),
+                                   ignore_index=config.pad_id, label_smoothing=label_smoothing)
+        held[:] = [logits] if keep else []
+        del logits
+        loss = loss / n_micro
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def step(n_micro: int) -> int:
+        for _ in range(n_micro):
+            micro_step(n_micro)
+        grads = nbytes(p.grad for p in model.parameters() if p.grad is not None)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        held.clear()
+        return grads
+
+    return step
+
+
+def _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits):
+    is_gpt = isinstance(config, GPTConfig)
+    seq_len = seq_len or (config.block_size if is_gpt else config.max_len)
+    _check(config, batch_size, seq_len, precision, optimizer)
+    return seq_len, src_len or seq_len, (is_gpt if keep_logits is None else keep_logits)
+
+
 def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_len: int | None = None,
                    precision: str = "bf16", optimizer: str = "adamw", *, src_len: int | None = None,
                    keep_logits: bool | None = None, label_smoothing: float = 0.0,
@@ -297,7 +352,6 @@ def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
     from unittest import mock
 
     import torch
-    import torch.nn.functional as F
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     import course_lib.embeddings as E
@@ -305,12 +359,7 @@ def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
     from course_lib.training.precision import DTYPES
     from course_lib.transformer import Transformer
 
-    is_gpt = isinstance(config, GPTConfig)
-    seq_len = seq_len or (config.block_size if is_gpt else config.max_len)
-    _check(config, batch_size, seq_len, precision, optimizer)
-    B, T = batch_size, seq_len
-    S = src_len or seq_len
-    keep = (is_gpt if keep_logits is None else keep_logits)
+    T, S, keep = _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits)
     amp = (torch.autocast("cpu", dtype=DTYPES[precision]) if precision != "fp32"
            else torch.autocast("cpu", enabled=False))
 
@@ -320,35 +369,9 @@ def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
     # The embeddings check token ids on the host (int(ids.max())), which fake tensors cannot.
     with mock.patch.object(E, "_check_ids", lambda ids, vocab_size: None), FakeTensorMode():
         with torch.device("cpu"):
-            model = GPT(config) if is_gpt else Transformer(config)
+            model = GPT(config) if isinstance(config, GPTConfig) else Transformer(config)
         opt = _make_optimizer(model.parameters(), optimizer)
-        held, grads = [], {}
-
-        def micro_step(n_micro: int):
-            if is_gpt:
-                chunk = torch.randint(0, config.vocab_size, (B, T + 1))
-                x, y = chunk[:, :-1], chunk[:, 1:]
-                with amp:
-                    logits, loss = model(x, y)
-            else:
-                src = torch.randint(1, config.src_vocab_size, (B, S))
-                tgt = torch.randint(1, config.tgt_vocab_size, (B, T + 1))
-                with amp:
-                    logits = model(src, tgt[:, :-1])
-                loss = F.cross_entropy(logits.float().flatten(0, 1), tgt[:, 1:].flatten(),
-                                       ignore_index=config.pad_id, label_smoothing=label_smoothing)
-            held[:] = [logits] if keep else []
-            del logits
-            (loss / n_micro).backward()
-
-        def step(n_micro: int):
-            for _ in range(n_micro):
-                micro_step(n_micro)
-            grads["bytes"] = nbytes(p.grad for p in model.parameters() if p.grad is not None)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            held.clear()
-
+        step = _training_step(model, opt, config, batch_size, T, S, amp, keep, label_smoothing, "cpu")
         for p in model.parameters():  # one step on zero gradients creates the optimizer state
             p.grad = torch.zeros_like(p)
         opt.step()
@@ -357,10 +380,55 @@ def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
         tracker.track([list(model.parameters()), list(model.buffers()),
                        [v for s in opt.state.values() for v in s.values()]])
         with tracker:
-            step(grad_accum)
+            grads = step(grad_accum)
         state = [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
         return {"parameters": nbytes(model.parameters()), "buffers": nbytes(model.buffers()),
-                "gradients": grads["bytes"], "optimizer": nbytes(state), "total": tracker.peak}
+                "gradients": grads, "optimizer": nbytes(state), "total": tracker.peak}
+
+
+def measure_cuda_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_len: int | None = None,
+                        precision: str = "bf16", optimizer: str = "adamw", *, src_len: int | None = None,
+                        keep_logits: bool | None = None, label_smoothing: float = 0.0, grad_accum: int = 2,
+                        compile: bool = False, device: str = "cuda") -> dict[str, float]:
+    """The same step on a real CUDA GPU: ``torch.cuda.max_memory_allocated`` over the second
+    optimizer step (the first creates the optimizer state and, compiled, the kernels), and the
+    seconds that step took. For ``gpu_check``. On another device (a test on the CPU) the
+    same code runs and ``total`` is None."""
+    import time
+
+    import torch
+
+    from course_lib.gpt import GPT
+    from course_lib.training.precision import Precision, maybe_compile
+    from course_lib.transformer import Transformer
+
+    T, S, keep = _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits)
+    cuda = torch.device(device).type == "cuda"
+    prec = Precision(precision, torch.device(device).type)
+    torch.manual_seed(0)
+    model = (GPT(config) if isinstance(config, GPTConfig) else Transformer(config)).to(device)
+    fused = {"fused": True} if optimizer in ("adamw", "adam") and cuda else {}
+    opt = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam,
+           "sgd": lambda p, **k: torch.optim.SGD(p, momentum=0.9, **k)}[optimizer](
+        model.parameters(), lr=1e-4, **fused)
+    fn = maybe_compile(model, compile, log=print)
+    step = _training_step(fn, opt, config, batch_size, T, S, prec.autocast(), keep, label_smoothing, device,
+                          scaler=prec.scaler if prec.uses_scaler else None)
+    step(grad_accum)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    step(grad_accum)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    out = {"total": torch.cuda.max_memory_allocated() if cuda else None, "seconds": seconds,
+           "tokens_per_s": grad_accum * batch_size * T / seconds}
+    del model, opt, fn, step
+    if cuda:
+        torch.cuda.empty_cache()
+    return out
 
 
 # ---- tables and plots -------------------------------------------------------------------------
