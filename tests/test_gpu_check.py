@@ -56,9 +56,9 @@ def test_unknown_check_is_an_error():
 def test_peak_wrapper_passes_the_exit_code_and_writes_json(tmp_path):
     out = tmp_path / "peak.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "_peak.py"), str(out), "-m", "course_lib.train"],
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "_peak.py"), str(out), "-m", "course_lib", "train"],
                           env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "name a task first" in proc.stderr
+    assert proc.returncode == 2 and "error: name what to train first" in proc.stderr
     assert json.loads(out.read_text()) == {"max_memory_allocated": None, "max_memory_reserved": None}
 
 

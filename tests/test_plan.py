@@ -162,7 +162,7 @@ def _run_planned(model, plan, micro_batches, loss_fn, steps: int) -> list[float]
                 loss = loss_fn(step_fn, batch)
             prec.backward(loss / plan.grad_accum)
             total += loss.item() / plan.grad_accum
-        assert prec.step(opt, clip_norm=1.0, params=model.parameters()) is not None
+        assert prec.step(opt, grad_clip=1.0) is True
         opt.zero_grad(set_to_none=True)
         losses.append(total)
     return losses

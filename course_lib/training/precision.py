@@ -1,4 +1,4 @@
-"""One precision policy for both trainers, and where ``torch.compile`` is used.
+"""Mixed precision: one policy for both training loops, and where ``torch.compile`` is used.
 
     auto  ->  bf16 autocast        on CUDA GPUs of compute capability >= 8.0 (A100, L4, H100, ...)
               fp16 autocast + a gradient scaler   on compute capability 7.x (V100, T4)
@@ -8,7 +8,7 @@ What stays float32 on a CUDA GPU (the weights, and every matmul outside autocast
 TF32 tensor cores (10-bit mantissa inputs, float32 accumulation), which is switched on here.
 
 bf16 has float32's exponent range, so its gradients never overflow; fp16 has a 5-bit
-exponent (largest value 65,504; smallest normal 6e-5), so small gradients underflow to
+exponent (largest value 65,504; smallest subnormal 6e-8), so small gradients underflow to
 zero. The gradient scaler multiplies the loss by a large factor S before ``backward`` and
 divides the gradients by S before the optimizer step; when a gradient is inf or NaN the
 step is skipped and S is halved (and S doubles again after 2,000 clean steps).
@@ -19,14 +19,13 @@ The training loop calls the same four things whatever the precision::
     with prec.autocast():
         loss = model(x, y)[1]
     prec.backward(loss / grad_accum)            # scaled for fp16, plain otherwise
-    norm = prec.step(optimizer, clip_norm=1.0, params=model.parameters())  # None: skipped
+    applied = prec.step(optimizer, clip_grad, grad_clip=1.0)   # False: skipped (fp16 overflow)
     optimizer.zero_grad(set_to_none=True)
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -36,12 +35,10 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def cuda_capability(device: torch.device | str) -> tuple[int, int] | None:
-    """Compute capability of a CUDA device, or None for any other device."""
+def cuda_capability(device: torch.device | str) -> tuple[int, int]:
+    """(major, minor) of a CUDA device; (0, 0) for anything else."""
     device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return tuple(torch.cuda.get_device_capability(device))
+    return tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else (0, 0)
 
 
 def resolve_precision(requested: str, device_type: str, capability: tuple[int, int] | None,
@@ -85,20 +82,21 @@ def resolve_precision(requested: str, device_type: str, capability: tuple[int, i
 
 @dataclass
 class Precision:
-    """What a training loop needs to know about precision on one device."""
+    """How a training step computes: ``name`` (bf16, fp16, fp32), the autocast dtype, the
+    device type, and for fp16 a gradient scaler (``choose_precision`` makes one)."""
 
     name: str  # "bf16", "fp16" or "fp32"
     device_type: str
+    scaler: torch.amp.GradScaler | None = field(default=None, repr=False)
     reason: str = ""
     tf32: bool = False
-    scaler: torch.amp.GradScaler = field(default=None, repr=False)
     skipped_steps: int = 0  # optimizer steps skipped because a gradient overflowed (fp16)
 
     def __post_init__(self):
         if self.name not in DTYPES:
             raise ValueError(f"precision name must be one of {sorted(DTYPES)}, got {self.name!r}.")
-        if self.scaler is None:
-            self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
+        if self.scaler is None and self.name == "fp16":
+            self.scaler = torch.amp.GradScaler(self.device_type)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -106,62 +104,56 @@ class Precision:
 
     @property
     def uses_scaler(self) -> bool:
-        return self.scaler.is_enabled()
+        return self.scaler is not None and self.scaler.is_enabled()
 
     def autocast(self):
-        """The forward pass's context: autocast to bf16/fp16, or nothing for float32."""
+        """The context a forward pass runs in (a null context for float32)."""
         if self.name == "fp32":
             return nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``, on the scaled loss under fp16."""
-        self.scaler.scale(loss).backward()
+        (self.scaler.scale(loss) if self.uses_scaler else loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer, clip_norm: float = 0.0,
-             params: Iterable[torch.Tensor] | None = None) -> torch.Tensor | None:
-        """Unscale, clip, step, update the scale. Returns the gradient norm before clipping
-        (a 0-d tensor, still on the device), or None when fp16 gradients overflowed and the
-        step was skipped (the parameters and the optimizer state are then unchanged)."""
-        if params is None:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-        params = [p for p in params if p.grad is not None]
-        self.scaler.unscale_(optimizer)  # no-op when disabled
-        if clip_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
-        elif hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: the norm without clipping
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(params, math.inf)
+    def step(self, optimizer: torch.optim.Optimizer, clip_grad=None, grad_clip: float = 0.0) -> bool:
+        """Unscale (fp16), clip with ``clip_grad(max_norm)`` if ``grad_clip > 0`` (default: the
+        optimizer's parameters, one process), step, update the scale. Returns False when the
+        step was skipped because fp16 gradients overflowed (the parameters and the optimizer
+        state are then unchanged)."""
+        if self.uses_scaler:
+            self.scaler.unscale_(optimizer)
+        if grad_clip > 0:
+            if clip_grad is None:
+                params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            else:
+                clip_grad(grad_clip)
         if not self.uses_scaler:
             optimizer.step()
-            return norm
+            return True
         before = self.scaler.get_scale()
         self.scaler.step(optimizer)  # skips optimizer.step() if any gradient is inf/NaN
         self.scaler.update()
         if self.scaler.get_scale() < before:  # the scale only shrinks after an overflow
             self.skipped_steps += 1
-            return None
-        return norm
+            return False
+        return True
 
     def state_dict(self) -> dict:
-        """JSON-safe state for checkpoints (the scaler's scale and growth counter)."""
-        return {"name": self.name, "skipped_steps": self.skipped_steps,
-                "scaler": {k: float(v) if isinstance(v, float) else v for k, v in self.scaler.state_dict().items()}}
+        """JSON-able state for a checkpoint (the scaler's factor and growth counter)."""
+        return {} if not self.uses_scaler else {k: float(v) if torch.is_tensor(v) else v
+                                                for k, v in self.scaler.state_dict().items()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"checkpoint was trained in {state.get('name')!r}, this run uses {self.name!r}; "
-                             f"resume with --precision {state.get('name')}.")
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        if self.uses_scaler and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        if self.uses_scaler and state:
+            self.scaler.load_state_dict(state)
 
     def describe(self) -> str:
         extra = " + gradient scaler" if self.uses_scaler else ""
         tf32 = ", TF32 for float32 matmuls" if self.tf32 else ""
         kind = "float32" if self.name == "fp32" else f"{self.name} autocast"
-        return f"{kind}{extra}{tf32} ({self.reason})"
+        return f"{kind}{extra}{tf32}" + (f" ({self.reason})" if self.reason else "")
 
 
 def enable_tf32() -> None:
@@ -182,10 +174,10 @@ def choose_precision(requested: str = "auto", device: torch.device | str | None 
     cap = cuda_capability(device)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     name, reason = resolve_precision(requested, device.type, cap, dev_name)
-    use_tf32 = bool(tf32 and device.type == "cuda" and cap is not None and cap >= (8, 0))
+    use_tf32 = bool(tf32 and device.type == "cuda" and cap >= (8, 0))
     if use_tf32:
         enable_tf32()
-    return Precision(name, device.type, reason, tf32=use_tf32)
+    return Precision(name, device.type, reason=reason, tf32=use_tf32)
 
 
 # ---- torch.compile ------------------------------------------------------------------------
@@ -195,8 +187,7 @@ def use_compile(requested: bool | None, device: torch.device | str) -> bool:
     capability >= 7.0), where it fuses elementwise work and saves activation memory."""
     if requested is not None:
         return bool(requested)
-    cap = cuda_capability(device)
-    return cap is not None and cap >= (7, 0)
+    return cuda_capability(device) >= (7, 0)
 
 
 class CompiledOrEager:
@@ -217,6 +208,10 @@ class CompiledOrEager:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         self._log(f"torch.compile is not available here ({type(exc).__name__}: {first}); running eagerly.")
         self._current, self._checked = self._eager, True
+
+    @property
+    def _orig_mod(self) -> torch.nn.Module:  # as torch.compile's wrapper names the module inside
+        return self._eager
 
     @property
     def compiled(self) -> bool:
@@ -243,3 +238,9 @@ class CompiledOrEager:
 def maybe_compile(module: torch.nn.Module, enabled: bool, log: Callable[[str], None] = print, **kwargs):
     """``CompiledOrEager(module)`` when ``enabled``, else ``module`` unchanged."""
     return CompiledOrEager(module, log, **kwargs) if enabled else module
+
+
+def compile_model(model: torch.nn.Module, requested: bool | None, device, log=print):
+    """``torch.compile(model)`` where ``use_compile`` says so, falling back to the model itself
+    with one line if compiling fails (at ``torch.compile`` or at the first call)."""
+    return maybe_compile(model, use_compile(requested, device), log)
