@@ -107,6 +107,7 @@ def _mock_cuda(monkeypatch, name, total_memory, cap):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: name)
 
 
+@pytest.mark.filterwarnings("ignore:.*GradScaler is enabled, but CUDA is not available")
 def test_device_info_reads_cuda(monkeypatch):
     _mock_cuda(monkeypatch, "Tesla T4", 15_828_320_256, (7, 5))
     info = device_info("cuda")

@@ -137,6 +137,14 @@ def _ff_bytes(a: int, BT: int, f: int, p_drop: bool, act: str) -> int:
     return inner + ((1 + a) * BT * f if p_drop else 0)
 
 
+def _fused_qkv() -> bool:
+    """Whether the course's attention projects Q, K and V of self-attention with one stacked
+    matmul (``MultiHeadAttention.project_qkv``) rather than three: it saves what it casts once."""
+    from course_lib.attention import MultiHeadAttention
+
+    return hasattr(MultiHeadAttention, "project_qkv")
+
+
 def estimate_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_len: int | None = None,
                     precision: str = "bf16", optimizer: str = "adamw", *, src_len: int | None = None,
                     keep_logits: bool | None = None, label_smoothing: float = 0.0) -> MemoryEstimate:
@@ -157,7 +165,10 @@ def estimate_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_
     B, T, d, H = batch_size, seq_len, config.d_model, config.n_heads
     BT = B * T
     p_drop = config.dropout > 0
-    qkv_in = 3 * a if amp else 4  # autocast casts the input once per projection; fp32 shares it
+    fused = _fused_qkv()
+    # Self-attention's projection inputs: autocast casts x once per matmul (three separate
+    # projections, or one for the stacked W_Q|W_K|W_V); float32 saves x itself, once.
+    qkv_in = (a if fused else 3 * a) if amp else 4
     one_in = a if amp else 4
     if is_gpt:
         f, V = 4 * d, config.vocab_size
@@ -204,11 +215,15 @@ def estimate_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_
     loss_grads = 12 * tgt_tokens * V
     layer_grads = a * tgt_tokens * f_last + 4 * tgt_tokens * d
     logits = (a * tgt_tokens * V if keep else 0) + max(loss_grads, layer_grads)
+    # Weight copies: autocast's bf16/fp16 copy of every matmul weight; with the stacked
+    # projection, float32 also keeps the stacked W_Q|W_K|W_V (3 d^2) of each self-attention.
+    n_self_attn = config.n_layers if is_gpt else config.n_layers + config.decoder_layers
+    copies = a * pc.matmul_weights if amp else (4 * 3 * d * d * n_self_attn if fused else 0)
     return MemoryEstimate(
         weights=4 * pc.n_params + pc.buffer_bytes,
         gradients=4 * pc.n_params,
         optimizer=optimizer_bytes(pc.n_params, pc.n_tensors, optimizer),
-        weight_copies=a * pc.matmul_weights if amp else 0,
+        weight_copies=copies,
         activations=acts,
         logits=logits,
         n_params=pc.n_params,
