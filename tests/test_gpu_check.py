@@ -62,13 +62,22 @@ def test_peak_wrapper_passes_the_exit_code_and_writes_json(tmp_path):
     assert json.loads(out.read_text()) == {"max_memory_allocated": None, "max_memory_reserved": None}
 
 
-# real output of benchmarks/bench_gpt.py (CPU, small-cpu) in its table format
-BENCH_OUTPUT = """device: cpu (1 threads); model small-cpu (813,824 params), batch 2 x 64 tokens
-| training | tokens/s | speed-up | MFU |
-| --- | ---: | ---: | ---: |
-| naive: fp32, hand-written attention, eager | 970 | 1.0x | n/a (CPU) |
-| course: fused attention, fp32, eager | 1,102 | 1.1x | n/a (CPU) |
+# benchmarks/bench_gpt.py's table, in the format its print statements write
+BENCH_OUTPUT = """device: cpu (1 threads); torch 2.13.0+cpu; model small-cpu (809,984 params, ...), batch 12; ...
+| training | tokens/s | vs naive | vs reference | MFU |
+| --- | ---: | ---: | ---: | ---: |
+| naive: hand-written attention | 970 | 1.00x | 0.80x | n/a (CPU) |
+| reference: fused q/k/v, fused attention | 1,210 | 1.25x | 1.00x | n/a (CPU) |
+| course_lib.gpt | 1,102 | 1.14x | 0.91x | n/a (CPU) |
 """
+
+
+def test_the_bench_table_format_is_the_one_bench_gpt_prints():
+    """If bench_gpt's table changes, the sample above (and the parser) must change with it."""
+    source = (ROOT / "benchmarks" / "bench_gpt.py").read_text()
+    assert '"| training | tokens/s | vs naive | vs reference | MFU |"' in source
+    assert "{tps:,.0f} | {tps / speeds['naive']:.2f}x | {tps / speeds['reference']:.2f}x | {mfu} |" in source
+    assert '"course": "course_lib.gpt"' in source and '"naive": "naive: hand-written attention"' in source
 
 
 def _check(name):
@@ -80,7 +89,9 @@ def test_figures_from_bench_output(tmp_path, monkeypatch):
     (tmp_path / "bench.peak.json").write_text(json.dumps({"max_memory_allocated": 3 * 2**30}))
     fig = gpu_check.figures(_check("bench"), {"output": BENCH_OUTPUT})
     assert fig["naive_tokens_per_s"] == 970 and fig["course_tokens_per_s"] == 1102
-    assert fig["course_speedup"] == 1.1 and fig["peak"] == 3 * 2**30 and fig["estimate"] > 2**30
+    assert fig["reference_tokens_per_s"] == 1210
+    assert fig["course_speedup"] == 1.14 and fig["peak"] == 3 * 2**30 and fig["estimate"] > 2**30
+    assert "course 1,102 tokens/s" in gpu_check._result_text("bench", fig, True, 0)
 
 
 def test_figures_from_a_notebook_and_the_table(tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ def _one_thread(one_thread):
 
 
 # (GPU, precision, micro-batch) for gpt2-124m, 32 sequences x 1024 tokens per optimizer step
-GPT2_CHOICES = [("T4", "fp16", 8), ("L4", "bf16", 8), ("A100-40GB", "bf16", 16),
+GPT2_CHOICES = [("T4", "fp16", 8), ("L4", "bf16", 16), ("A100-40GB", "bf16", 16),
                 ("A100-80GB", "bf16", 32), ("H100", "bf16", 32), ("H200", "bf16", 32)]
 
 

@@ -298,6 +298,16 @@ class PeakBytes:
         return self._mode.__exit__(*exc)
 
 
+def _storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views of one storage count once: the
+    gradients of a stacked W_Q|W_K|W_V projection are three views of one gradient)."""
+    storages = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        storages[id(st)] = st  # keeps each alive, so no id is reused while counting
+    return sum(st.nbytes() for st in storages.values())
+
+
 def _training_step(model, opt, config, B: int, T: int, S: int, amp, keep: bool, label_smoothing: float,
                    device, scaler=None):
     """``step(n_micro)``: one optimizer step of ``n_micro`` micro-batches of random tokens, as
@@ -309,8 +319,7 @@ def _training_step(model, opt, config, B: int, T: int, S: int, amp, keep: bool, 
     is_gpt = isinstance(config, GPTConfig)
     held = []
 
-    def nbytes(tensors) -> int:
-        return sum(t.untyped_storage().nbytes() for t in {id(t): t for t in tensors}.values())
+    nbytes = _storage_bytes
 
     def micro_step(n_micro: int):
         if is_gpt:
@@ -378,8 +387,7 @@ def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
     amp = (torch.autocast("cpu", dtype=DTYPES[precision]) if precision != "fp32"
            else torch.autocast("cpu", enabled=False))
 
-    def nbytes(tensors) -> int:
-        return sum(t.untyped_storage().nbytes() for t in {id(t): t for t in tensors}.values())
+    nbytes = _storage_bytes
 
     # The embeddings check token ids on the host (int(ids.max())), which fake tensors cannot.
     with mock.patch.object(E, "_check_ids", lambda ids, vocab_size: None), FakeTensorMode():
