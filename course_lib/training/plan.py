@@ -247,3 +247,19 @@ def memory_breakdown(gpus=("T4", "L4", "A100-40GB", "H100"), loads: dict | None 
                          "micro_batch": plan.micro_batch, "grad_accum": plan.grad_accum,
                          "device memory": round(dev.memory_gib, 1)})
     return memory_table(rows)
+
+
+def plan_run(cfg, model_config, seq_len: int, src_len: int | None = None, accum_given: bool = False):
+    """What a training command does with the plan: for this rank's share of ``cfg.batch_size``
+    on the device found, the micro-batch that fits (``cfg.grad_accum`` follows it unless the
+    user gave ``--grad-accum``). Returns ``(cfg, plan)``; print ``plan.line()``."""
+    from dataclasses import replace
+
+    from course_lib import scaleout as D
+
+    per_rank = max(cfg.batch_size // D.current().world_size, 1)
+    plan = plan_training(model_config, device_info(cfg.device), per_rank, seq_len, precision=cfg.precision,
+                         src_len=src_len, steps=cfg.steps)
+    if not accum_given:
+        cfg = replace(cfg, grad_accum=plan.grad_accum)
+    return cfg, plan
