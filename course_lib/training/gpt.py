@@ -228,6 +228,7 @@ def command(argv=None) -> int:
     """``python -m course_lib train gpt``: text -> tokenizer -> GPT -> trained run folder."""
     from course_lib.data import load_text
     from course_lib.tokenizer import CharTokenizer, TiktokenTokenizer, load_tokenizer
+    from course_lib.training.plan import plan_run
 
     args = build_parser().parse_args(argv)
     file_values = read_json(args.config, "settings") if args.config else {}
@@ -253,6 +254,8 @@ def command(argv=None) -> int:
         v = tokenizer.vocab_size  # GPT-2's 50,257 rounded up to 50,304 on CUDA: faster matmuls
         model_values["vocab_size"] = -(-v // 64) * 64 if v > 1000 and get_device(cfg.device).type == "cuda" else v
     model_cfg = GPTConfig.from_dict(model_values)
+    cfg, plan = plan_run(cfg, model_cfg, model_cfg.block_size, accum_given="grad_accum" in train_values)
+    log(plan.line())  # precision, micro-batch x accumulation, memory and time on this device
     data = prepare_data(text.text, tokenizer)
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg)

@@ -311,6 +311,7 @@ def command(argv=None) -> int:
     from course_lib.env import seed_everything
     from course_lib.plotting import save_figure
     from course_lib.tokenizer import load_tokenizer
+    from course_lib.training.plan import plan_run
     from course_lib.transformer import Transformer
 
     args = build_parser().parse_args(argv)
@@ -337,6 +338,9 @@ def command(argv=None) -> int:
         "pad_id": tokenizer.special_tokens["<pad>"]})
     model = Transformer(model_cfg)
     log(f"model: {model.num_parameters():,} parameters; vocabulary {tokenizer.vocab_size}")
+    cfg, plan = plan_run(cfg, model_cfg, model_cfg.max_len, src_len=model_cfg.max_len,
+                         accum_given="grad_accum" in {**train_file, **given(args, TranslationTrainConfig)})
+    log(plan.line())  # precision, micro-batch x accumulation, memory and time on this device
     state = train(model, tokenizer, train_pairs, valid_pairs, cfg, resume=args.resume, until_step=args.until_step)
     model = D.full_model_on_main(model, lambda: Transformer(model_cfg).to(get_device(cfg.device)))
     if model is None:  # ranks other than 0 are done
