@@ -114,7 +114,7 @@ def describe() -> str:
 
 
 def install_source(direct_url: str | None, location: str | Path) -> str:
-    """Where course_lib came from, read from pip's ``direct_url.json`` (PEP 610): a git
+    """Where course_lib (the package folder ``location``) came from, read from pip's ``direct_url.json`` (PEP 610): a git
     URL and commit, a local (editable) checkout, or a plain folder on ``sys.path``."""
     import json
 

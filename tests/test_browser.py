@@ -40,17 +40,26 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("COURSE_SCREENSHOT_DIR", ROOT / "exports" / "browser"))
 
+REQUIRED = os.environ.get("COURSE_REQUIRE_BROWSER") == "1"  # CI: a missing piece fails, not skips
+
+
+def _missing(reason: str) -> None:
+    if REQUIRED:
+        raise RuntimeError(f"COURSE_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason, allow_module_level=True)
+
+
 if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set COURSE_CHROMIUM)",
-                allow_module_level=True)
+    _missing(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set COURSE_CHROMIUM)")
 try:
     from playwright.sync_api import sync_playwright
 except ImportError:
-    pytest.skip("playwright is not installed (pip install playwright)", allow_module_level=True)
+    _missing("playwright is not installed (pip install playwright)")
 try:
+    import ipywidgets  # noqa: F401
     import jupyterlab  # noqa: F401
 except ImportError:
-    pytest.skip("jupyterlab is not installed (pip install -r requirements.txt)", allow_module_level=True)
+    _missing("jupyterlab or ipywidgets is not installed (pip install -r requirements.txt)")
 
 TOKEN = "course-browser-test"
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
