@@ -27,10 +27,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from course_lib.gpt_train import PEAK_BF16_FLOPS, TrainConfig, configure_optimizer, get_batch  # noqa: E402
+
 from course_lib.env import get_device  # noqa: E402
 from course_lib.generate import generate  # noqa: E402
 from course_lib.gpt import GPT, GPTConfig  # noqa: E402
-from course_lib.gpt_train import PEAK_BF16_FLOPS, TrainConfig, configure_optimizer, get_batch  # noqa: E402
 
 
 class NaiveBlock(nn.Module):
@@ -126,7 +127,7 @@ def shakespeare_cpu(minutes: float, threads: int) -> None:
                 break
         elapsed = time.perf_counter() - start
     best = min(e["val"] for e in state["evals"])
-    print(f"| small-cpu ({model.num_params():,} params) on {source} | {threads} threads | {state['step']} steps "
+    print(f"| small-cpu ({model.num_parameters():,} params) on {source} | {threads} threads | {state['step']} steps "
           f"in {elapsed:.0f} s | best val loss {best:.3f} | 1.9 reached: {best <= 1.9} |")
 
 
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if cuda and k in torch.cuda.get_device_name(device)), None)
     fpt = model.flops_per_token()
     print(f"device: {torch.cuda.get_device_name(device) if cuda else f'cpu ({torch.get_num_threads()} threads)'}; "
-          f"model {preset} ({model.num_params():,} params), batch {cfg.batch_size} x {block} tokens")
+          f"model {preset} ({model.num_parameters():,} params), batch {cfg.batch_size} x {block} tokens")
     print("| training | tokens/s | speed-up | MFU |")
     print("| --- | ---: | ---: | ---: |")
     for name, tps in rows:

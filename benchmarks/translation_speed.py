@@ -12,11 +12,11 @@ import argparse
 import time
 
 import torch
+from course_lib.translation_data import build_tokenizer
+from course_lib.translation_train import TrainConfig, train
 
 from course_lib import grammar
 from course_lib.transformer import Transformer, TransformerConfig
-from course_lib.translation_data import build_tokenizer
-from course_lib.translation_train import TrainConfig, train
 
 
 def main() -> None:

@@ -133,7 +133,8 @@ def save_checkpoint(
     return path
 
 
-CHECKPOINT_NAMES = ("checkpoint.safetensors", "ckpt.safetensors")
+CHECKPOINT = "checkpoint.safetensors"  # in a run folder
+CHECKPOINT_NAMES = (CHECKPOINT, "ckpt.safetensors")  # the second: runs of course_lib 0.1
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

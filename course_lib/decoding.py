@@ -165,7 +165,7 @@ def translate(model, tokenizer, sentences: list[str] | str, beam_size: int = 1, 
     A source longer than the model's ``max_len`` is truncated to its first tokens, with a
     one-line warning (the model itself refuses over-long input with an error).
     """
-    from course_lib.translation_data import special_ids
+    from course_lib.tokenizer import special_ids
 
     single = isinstance(sentences, str)
     sentences = [sentences] if single else list(sentences)

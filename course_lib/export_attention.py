@@ -14,23 +14,18 @@ The module names give the layer and the kind: the first number in the name is th
 (``decoder_layers.2.cross_attn`` -> layer 2), "enc"/"dec" and "cross" in it give the kind
 ("decoder cross"); anything else is "self".
 
-From the command line, with a checkpoint written by ``course_lib.checkpoint.save_checkpoint``
-(its config has ``model_type``; ``tokenizer.json`` lies beside it):
+From the command line, with a run folder written by ``python -m course_lib train``:
 
-    python -m course_lib.export_attention --checkpoint runs/gpt/ckpt.safetensors \\
-        --text "To be, or not to be" --out exports/attention_gpt
-    python -m course_lib.export_attention --checkpoint runs/translate/ckpt.safetensors \\
-        --text "A man is riding a bike." --target "Ein Mann fährt Fahrrad." --out exports/attention_mt
+    python -m course_lib export-attention runs/gpt "To be, or not to be" --out exports/attention_gpt
+    python -m course_lib export-attention runs/translate "the man sees the dog ." \\
+        --target "der Mann sieht den Hund ." --out exports/attention_mt
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import inspect
 import json
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,33 +33,8 @@ import torch
 from torch import nn
 
 from course_lib.attention import MultiHeadAttention, record_attention
-from course_lib.checkpoint import resolve_checkpoint
 
-# model_type (the checkpoint config's "model_type") -> "module:Class"; imported only when
-# used. A model_type that is not a key here may name its class itself: "package.module:Class".
-MODEL_TYPES = {
-    "transformer": "course_lib.transformer:Transformer",
-    "gpt": "course_lib.gpt:GPT",
-}
 MAX_LABELLED = 48  # longer sequences are drawn without tick labels
-
-
-def model_class(model_type: str) -> type:
-    """The model class for ``model_type``: a key of ``MODEL_TYPES`` or "module:Class"."""
-    spec = MODEL_TYPES.get(model_type, model_type)
-    if ":" not in spec:
-        raise ValueError(
-            f"unknown model_type {model_type!r}; known: {sorted(MODEL_TYPES)} (or give "
-            "'package.module:Class', or add an entry to course_lib.export_attention.MODEL_TYPES)."
-        )
-    module, name = spec.split(":", 1)
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"model_type {model_type!r} points to {spec}, which cannot be imported: {exc}") from exc
-    if not hasattr(cls, "from_config"):
-        raise ValueError(f"{spec} has no from_config(dict); it cannot be rebuilt from a checkpoint.")
-    return cls
 
 
 def describe(name: str) -> tuple[int, str, str]:
@@ -217,62 +187,3 @@ def build_inputs(model: nn.Module, tokenizer, text: str, target: str | None = No
     tgt = ([bos] if bos is not None else []) + target_tokenizer.encode(target)
     return ((torch.tensor([src]), torch.tensor([tgt])), token_labels(tokenizer, src),
             token_labels(target_tokenizer, tgt))
-
-
-def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model of a checkpoint from its config's ``model_type``; eval mode."""
-    from course_lib.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint, device=device)
-    config = ckpt["config"]
-    if "model_type" not in config:
-        raise ValueError(
-            f"{checkpoint}'s config has no 'model_type'; save checkpoints with "
-            f"config['model_type'] set to one of {sorted(MODEL_TYPES)}."
-        )
-    model = model_class(config["model_type"]).from_config(config)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), config
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m course_lib.export_attention",
-                                description="Export every attention map of a trained model for one input.")
-    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint (config has model_type)")
-    p.add_argument("--text", required=True, help="the input text (the source, for a translator)")
-    p.add_argument("--target", default=None, help="decoder input text for an encoder-decoder")
-    p.add_argument("--out", required=True, help="folder to write the maps into")
-    p.add_argument("--formats", nargs="+", default=["png"], choices=["png", "svg", "pdf"])
-    p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: tokenizer.json beside the checkpoint)")
-    p.add_argument("--target-tokenizer", default=None, help="target-side tokenizer JSON, if different")
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from course_lib.tokenizer import load_tokenizer
-
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    tok_path = Path(args.tokenizer) if args.tokenizer else checkpoint.parent / "tokenizer.json"
-    if not tok_path.exists():
-        p.error(f"no tokenizer at {tok_path}; save it beside the checkpoint or pass --tokenizer.")
-    try:
-        model, config = load_model(checkpoint, args.device)
-        tokenizer = load_tokenizer(tok_path)
-        tgt_tok = load_tokenizer(args.target_tokenizer) if args.target_tokenizer else None
-        inputs, src_labels, tgt_labels = build_inputs(model, tokenizer, args.text, args.target, tgt_tok)
-        inputs = tuple(t.to(args.device) for t in inputs)
-        index = export_attention_maps(model, *inputs, tokens=src_labels, target_tokens=tgt_labels,
-                                      out_dir=args.out, formats=args.formats)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    n = sum(len(m["files"]) for m in index["modules"]) + sum(len(g["files"]) for g in index["grids"])
-    print(f"{config['model_type']}: {len(index['modules'])} attention modules, "
-          f"{sum(m['heads'] for m in index['modules'])} heads -> {n} figures in {Path(args.out).resolve()}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

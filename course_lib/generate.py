@@ -5,15 +5,13 @@ with a KV cache.
     token back in as input"; with a KV cache each step computes keys and values for the
     new token only, instead of for the whole prefix again.
 
-Command line (samples from a checkpoint written by ``python -m course_lib.train gpt``):
+Command line (samples from a run written by ``python -m course_lib train gpt``):
 
-    python -m course_lib.generate --checkpoint runs/gpt/ckpt.safetensors --prompt "The "
+    python -m course_lib generate runs/gpt "The " --top-p 0.9
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
 
 import torch
@@ -142,57 +140,3 @@ def generate(
             break
     model.train(was_training)
     return idx
-
-
-def load_model(checkpoint: str, device: str | torch.device = "cpu"):
-    """Rebuild the GPT and its tokenizer (``tokenizer.json`` beside) from a checkpoint."""
-    from course_lib.checkpoint import load_checkpoint, resolve_checkpoint
-    from course_lib.gpt import GPT
-    from course_lib.gpt_data import load_tokenizer
-
-    ckpt = load_checkpoint(checkpoint, device=device)
-    if ckpt["config"].get("model_type") != "gpt":
-        raise ValueError(f"{checkpoint} holds a {ckpt['config'].get('model_type')!r} model, not a GPT.")
-    model = GPT.from_config(ckpt["config"]).to(device)
-    model.load_state_dict(ckpt["model"])
-    tok_path = resolve_checkpoint(checkpoint).with_name("tokenizer.json")
-    tokenizer = load_tokenizer(tok_path) if tok_path.exists() else None
-    return model.eval(), tokenizer
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m course_lib.generate", description="Sample text from a GPT checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint (tokenizer.json beside it)")
-    p.add_argument("--prompt", default="\n")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every step")
-    p.add_argument("--device", default=None)
-    args = p.parse_args(argv)
-    from course_lib.env import get_device
-
-    try:
-        check_sampling_args(args.temperature, args.top_k, args.top_p)
-        device = get_device(args.device)
-        model, tok = load_model(args.checkpoint, device)
-        if tok is None:
-            raise FileNotFoundError(f"no tokenizer.json beside {args.checkpoint}; cannot encode the prompt.")
-        ids = torch.tensor([tok.encode(args.prompt)] * args.num_samples, dtype=torch.long, device=device)
-        gen = torch.Generator(device=device).manual_seed(args.seed)
-        out = generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                       use_cache=not args.no_cache, generator=gen, vocab_size=tok.vocab_size)
-    except (ValueError, IndexError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for row in out.tolist():
-        print(tok.decode(row))
-        print("-" * 40)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

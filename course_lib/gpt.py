@@ -7,8 +7,9 @@
     residual layers at initialization by a factor of 1/sqrt(N) where N is the number of
     residual layers."  (Radford et al., 2019, section 2.3)
 
-The model: token embedding + learned position embedding, ``n_layers`` pre-norm blocks
-(causal multi-head self-attention, then a GELU MLP, each inside a residual connection),
+The model: token embedding + learned position embedding, ``n_layers`` pre-norm decoder
+layers without cross-attention (causal multi-head self-attention, then a GELU
+feed-forward network, each inside a residual connection),
 a final LayerNorm, and an output head that shares its weights with the token embedding.
 ``GPT.from_pretrained("gpt2")`` loads OpenAI's GPT-2 weights (Hugging Face format).
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.attention import KVCache, MultiHeadAttention
+from course_lib.attention import KVCache
 from course_lib.embeddings import LearnedPositionalEmbedding, TokenEmbedding
+from course_lib.transformer import DecoderLayer
 
 PRESETS: dict[str, dict] = {
     # GPT-2 small: 124,439,808 parameters (the output head is tied to the embedding).
@@ -70,55 +71,33 @@ class GPTConfig:
         return asdict(self)
 
 
-class MLP(nn.Module):
-    """Position-wise feed-forward network: Linear(d, 4d) -> GELU (tanh) -> Linear(4d, d)."""
-
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.c_fc = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
-
-
-class Block(nn.Module):
-    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
-
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, dropout=cfg.dropout, bias=cfg.bias)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        a, _ = self.attn(self.ln_1(x), is_causal=True, cache=cache)
-        x = x + self.resid_dropout(a)
-        return x + self.mlp(self.ln_2(x))
-
-
 def _is_compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 class GPT(nn.Module):
+    """Token + position embeddings -> ``n_layers`` pre-norm decoder layers without
+    cross-attention (``course_lib.transformer.DecoderLayer``: causal self-attention, then
+    a GELU feed-forward of width 4 d_model) -> final LayerNorm -> output projection."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
-        self.tok_emb = TokenEmbedding(cfg.vocab_size, cfg.d_model, scale=False)
-        self.pos_emb = LearnedPositionalEmbedding(cfg.block_size, cfg.d_model, dropout=cfg.dropout)
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
-        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.tok_emb.weight  # weight tying (the embedding matrix, transposed)
+        self.tok_embed = TokenEmbedding(cfg.vocab_size, cfg.d_model, scale=False)
+        self.pos_embed = LearnedPositionalEmbedding(cfg.block_size, cfg.d_model, dropout=cfg.dropout)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg.d_model, cfg.n_heads, 4 * cfg.d_model, cfg.dropout, activation="gelu_tanh",
+                         norm_first=True, eps=cfg.layer_norm_eps, bias=cfg.bias, cross_attention=False)
+            for _ in range(cfg.n_layers)
+        )
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.out_proj.weight = self.tok_embed.weight  # weight tying (the embedding matrix, transposed)
         self.apply(self._init_weights)
-        # "scale the weights of residual layers at initialization by 1/sqrt(N)", N = 2 per block
-        for block in self.blocks:
-            for w in (block.attn.w_o.weight, block.mlp.c_proj.weight):
+        # "scale the weights of residual layers at initialization by 1/sqrt(N)", N = 2 per layer
+        for layer in self.layers:
+            for w in (layer.self_attn.w_o.weight, layer.ff.w_2.weight):
                 nn.init.normal_(w, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
 
     @staticmethod
@@ -134,20 +113,20 @@ class GPT(nn.Module):
     def from_config(cls, config: dict | GPTConfig) -> GPT:
         return cls(config if isinstance(config, GPTConfig) else GPTConfig.from_dict(dict(config)))
 
-    def num_params(self, non_embedding: bool = False) -> int:
+    def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters counted once (the tied head is the embedding); ``non_embedding``
         leaves out the position table, as nanoGPT's FLOPs estimate does."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.pos_emb.weight.numel() if non_embedding else n
+        return n - self.pos_embed.weight.numel() if non_embedding else n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward): 6 N + 12 L H Q T (PaLM, appendix B)."""
         c = self.config
         T = seq_len or c.block_size
-        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layers * c.n_heads * (c.d_model // c.n_heads) * T
+        return 6 * self.num_parameters(non_embedding=True) + 12 * c.n_layers * c.n_heads * (c.d_model // c.n_heads) * T
 
     def new_caches(self) -> list[KVCache]:
-        return [KVCache() for _ in self.blocks]
+        return [KVCache() for _ in self.layers]
 
     def forward(
         self,
@@ -157,7 +136,7 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``idx (B, T)`` token ids -> ``(logits (B, T, vocab), loss or None)``.
 
-        ``caches`` (one ``KVCache`` per block, from ``new_caches()``): keys and values
+        ``caches`` (one ``KVCache`` per layer, from ``new_caches()``): keys and values
         of earlier positions; ``idx`` then holds only the new tokens.
         """
         if idx.dim() != 2:
@@ -169,11 +148,11 @@ class GPT(nn.Module):
                 "crop the input to the last block_size tokens (generate() does this)."
             )
         # The embedding's id check reads the ids on the host: skip it inside torch.compile.
-        x = F.embedding(idx, self.tok_emb.weight) if _is_compiling() else self.tok_emb(idx)
-        x = self.pos_emb(x, start=start)
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache=caches[i] if caches else None)
-        logits = self.lm_head(self.ln_f(x))
+        x = F.embedding(idx, self.tok_embed.weight) if _is_compiling() else self.tok_embed(idx)
+        x = self.pos_embed(x, start=start)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cache=caches[i] if caches else None)
+        logits = self.out_proj(self.final_norm(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
@@ -210,25 +189,24 @@ class GPT(nn.Module):
 
 
 def hf_to_course_state_dict(sd: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """Hugging Face GPT-2 names -> ours. HF's ``Conv1D`` stores ``(in, out)`` matrices, so
+    each is transposed; ``c_attn`` holds W_Q, W_K and W_V side by side."""
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-    out = {
-        "tok_emb.weight": sd["wte.weight"], "pos_emb.weight": sd["wpe.weight"],
-        "ln_f.weight": sd["ln_f.weight"], "ln_f.bias": sd["ln_f.bias"],
-    }
-    out["lm_head.weight"] = out["tok_emb.weight"]
+    out = {"tok_embed.weight": sd["wte.weight"], "pos_embed.weight": sd["wpe.weight"],
+           "final_norm.weight": sd["ln_f.weight"], "final_norm.bias": sd["ln_f.bias"]}
+    out["out_proj.weight"] = out["tok_embed.weight"]
     for i in range(n_layers):
-        h, b = f"h.{i}.", f"blocks.{i}."
-        for ln in ("ln_1", "ln_2"):
-            out[b + ln + ".weight"], out[b + ln + ".bias"] = sd[h + ln + ".weight"], sd[h + ln + ".bias"]
-        qw, kw, vw = sd[h + "attn.c_attn.weight"].t().chunk(3, dim=0)
-        qb, kb, vb = sd[h + "attn.c_attn.bias"].chunk(3)
-        for name, w, bias in (("w_q", qw, qb), ("w_k", kw, kb), ("w_v", vw, vb)):
-            out[b + f"attn.{name}.weight"], out[b + f"attn.{name}.bias"] = w, bias
-        out[b + "attn.w_o.weight"] = sd[h + "attn.c_proj.weight"].t()
-        out[b + "attn.w_o.bias"] = sd[h + "attn.c_proj.bias"]
-        for name in ("c_fc", "c_proj"):
-            out[b + f"mlp.{name}.weight"] = sd[h + f"mlp.{name}.weight"].t()
-            out[b + f"mlp.{name}.bias"] = sd[h + f"mlp.{name}.bias"]
+        hf, ours = f"h.{i}.", f"layers.{i}."
+        q, k, v = sd[hf + "attn.c_attn.weight"].t().chunk(3, dim=0)
+        qb, kb, vb = sd[hf + "attn.c_attn.bias"].chunk(3)
+        linear = {"self_attn.w_q": (q, qb), "self_attn.w_k": (k, kb), "self_attn.w_v": (v, vb),
+                  "self_attn.w_o": (sd[hf + "attn.c_proj.weight"].t(), sd[hf + "attn.c_proj.bias"]),
+                  "ff.w_1": (sd[hf + "mlp.c_fc.weight"].t(), sd[hf + "mlp.c_fc.bias"]),
+                  "ff.w_2": (sd[hf + "mlp.c_proj.weight"].t(), sd[hf + "mlp.c_proj.bias"]),
+                  "self_attn_norm": (sd[hf + "ln_1.weight"], sd[hf + "ln_1.bias"]),
+                  "ff_norm": (sd[hf + "ln_2.weight"], sd[hf + "ln_2.bias"])}
+        for name, (weight, bias) in linear.items():
+            out[ours + name + ".weight"], out[ours + name + ".bias"] = weight, bias
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -246,26 +224,19 @@ def _read_hf_folder(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin.")
 
 
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 5.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _hub_download(repo_id: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    import os
-
     from huggingface_hub import hf_hub_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"} or not _hub_reachable()
+    from course_lib.data.sources import hub_unavailable
+
+    why = hub_unavailable(repo_id, repo_type="model")
     try:
-        files = {f: hf_hub_download(repo_id, f, local_files_only=offline) for f in ("config.json", "model.safetensors")}
+        files = {f: hf_hub_download(repo_id, f, local_files_only=why is not None)
+                 for f in ("config.json", "model.safetensors")}
     except Exception as exc:
         raise RuntimeError(
             f"cannot load pretrained weights {repo_id!r}: the Hugging Face hub is not reachable "
-            f"({'offline' if offline else type(exc).__name__}) and they are not in the local cache; "
+            f"({why or type(exc).__name__}) and they are not in the local cache; "
             "connect to the internet once, or pass a local folder written by save_pretrained."
         ) from None
     return _read_hf_folder(Path(files["config.json"]).parent)

@@ -400,3 +400,16 @@ def get_tokenizer(name: str = "gpt2", timeout: float = 5.0, vocab_size: int = 10
     if verbose:
         print(f"tokenizer: {why}; using a course BPE with {tok.vocab_size:,} tokens trained on the generated corpus")
     return tok
+
+
+# The special tokens of a translation model's joint vocabulary (notebook 07).
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    """``{"<pad>": id, "<bos>": id, "<eos>": id, ...}``; an error if the first three are missing."""
+    ids = dict(tokenizer.special_tokens)
+    missing = [s for s in SPECIALS[:3] if s not in ids]
+    if missing:
+        raise ValueError(f"the tokenizer lacks the special tokens {missing}; build it with special_tokens={SPECIALS}.")
+    return ids

@@ -35,6 +35,13 @@ COURSE_MODEL_KEYS = {"model_dim": "d_model", "hidden_dims": "d_ff", "num_heads":
 COURSE_TRAIN_KEYS = {"train_data", "valid_data", "epochs", "batch_size", "learning_rate"}
 
 
+ACTIVATIONS = {
+    "relu": F.relu,  # the paper's max(0, x)
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's approximation
+}
+
+
 @dataclass
 class TransformerConfig:
     """Hyper-parameters; the defaults are the paper's base model (Table 3)."""
@@ -72,8 +79,8 @@ class TransformerConfig:
             problems.append(f"d_model={self.d_model} must be even for the sinusoidal positions")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
-        if self.activation not in ("relu", "gelu"):
-            problems.append(f"activation={self.activation!r} must be 'relu' or 'gelu'")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
         if not problems and not 0 <= self.pad_id < self.src_vocab_size:
             problems.append(f"pad_id={self.pad_id} is outside the vocabulary")
         if problems:
@@ -117,67 +124,82 @@ class TransformerConfig:
 
 
 class FeedForward(nn.Module):
-    """FFN(x) = max(0, x W1 + b1) W2 + b2  (3.3), or GELU instead of the max."""
+    """FFN(x) = max(0, x W1 + b1) W2 + b2  (3.3); GELU instead of the max for BERT and GPT."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu"):
+    def __init__(self, d_model: int, d_ff: int, activation: str = "relu", bias: bool = True):
         super().__init__()
-        self.linear1, self.linear2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.activation = F.relu if activation == "relu" else F.gelu
+        self.w_1 = nn.Linear(d_model, d_ff, bias=bias)
+        self.w_2 = nn.Linear(d_ff, d_model, bias=bias)
+        self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+        return self.w_2(self.activation(self.w_1(x)))
+
+
+def residual(x: torch.Tensor, sublayer, norm: nn.LayerNorm, dropout: nn.Dropout, norm_first: bool) -> torch.Tensor:
+    """One sub-layer with its residual connection: the paper's post-norm
+    ``LayerNorm(x + Dropout(Sublayer(x)))``, or pre-norm ``x + Dropout(Sublayer(LayerNorm(x)))``.
+
+    "We apply dropout to the output of each sub-layer, before it is added to the
+    sub-layer input and normalized."  (5.4)
+    """
+    if norm_first:
+        return x + dropout(sublayer(norm(x)))
+    return norm(x + dropout(sublayer(x)))
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention, then feed-forward; each wrapped in residual + LayerNorm."""
+    """Self-attention, then feed-forward; each wrapped in ``residual``."""
 
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, activation: str = "relu",
+                 norm_first: bool = False, eps: float = 1e-5, bias: bool = True):
         super().__init__()
-        self.norm_first = cfg.norm_first
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
-        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
-        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.dropout1, self.dropout2 = nn.Dropout(cfg.dropout), nn.Dropout(cfg.dropout)
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, bias=bias)
+        self.self_attn_norm = nn.LayerNorm(d_model, eps=eps, bias=bias)
+        self.ff = FeedForward(d_model, d_ff, activation, bias=bias)
+        self.ff_norm = nn.LayerNorm(d_model, eps=eps, bias=bias)
+        self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.norm_first:
-            h = self.norm1(x)
-            x = x + self.dropout1(self.self_attn(h, mask=src_mask)[0])
-            return x + self.dropout2(self.ff(self.norm2(x)))
-        x = self.norm1(x + self.dropout1(self.self_attn(x, mask=src_mask)[0]))
-        return self.norm2(x + self.dropout2(self.ff(x)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = residual(x, lambda h: self.self_attn(h, mask=mask)[0], self.self_attn_norm, self.dropout, self.norm_first)
+        return residual(x, self.ff, self.ff_norm, self.dropout, self.norm_first)
 
 
 class DecoderLayer(nn.Module):
-    """Masked self-attention, cross-attention to the encoder's output, feed-forward."""
+    """Masked self-attention, cross-attention to the encoder's output, feed-forward.
 
-    def __init__(self, cfg: TransformerConfig):
+    ``cross_attention=False`` leaves out the middle sub-layer: that is the block of a
+    decoder-only model (GPT), which has no encoder to attend to.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, activation: str = "relu",
+                 norm_first: bool = False, eps: float = 1e-5, bias: bool = True, cross_attention: bool = True):
         super().__init__()
-        self.norm_first = cfg.norm_first
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
-        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
-        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) for _ in range(3))
-        self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(cfg.dropout) for _ in range(3))
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, bias=bias)
+        self.self_attn_norm = nn.LayerNorm(d_model, eps=eps, bias=bias)
+        if cross_attention:
+            self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, bias=bias)
+            self.cross_attn_norm = nn.LayerNorm(d_model, eps=eps, bias=bias)
+        self.ff = FeedForward(d_model, d_ff, activation, bias=bias)
+        self.ff_norm = nn.LayerNorm(d_model, eps=eps, bias=bias)
+        self.dropout = nn.Dropout(dropout)
 
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None, cache: KVCache | None = None):
+    def forward(self, y, memory=None, tgt_mask=None, memory_mask=None, cache: KVCache | None = None):
         """``tgt_mask``: extra mask for the self-attention (the causal mask is always
-        applied); ``memory_mask``: which source positions may be attended (padding)."""
-        def sa(h):
+        applied); ``memory``: the encoder's output (None in a decoder-only model);
+        ``memory_mask``: which source positions may be attended (padding)."""
+        def self_attn(h):
             return self.self_attn(h, mask=tgt_mask, is_causal=True, cache=cache)[0]
 
-        def ca(h):
-            return self.cross_attn(h, memory, mask=memory_mask)[0]
+        y = residual(y, self_attn, self.self_attn_norm, self.dropout, self.norm_first)
+        if memory is not None:
+            def cross_attn(h):
+                return self.cross_attn(h, memory, mask=memory_mask)[0]
 
-        if self.norm_first:
-            y = y + self.dropout1(sa(self.norm1(y)))
-            y = y + self.dropout2(ca(self.norm2(y)))
-            return y + self.dropout3(self.ff(self.norm3(y)))
-        y = self.norm1(y + self.dropout1(sa(y)))
-        y = self.norm2(y + self.dropout2(ca(y)))
-        return self.norm3(y + self.dropout3(self.ff(y)))
+            y = residual(y, cross_attn, self.cross_attn_norm, self.dropout, self.norm_first)
+        return residual(y, self.ff, self.ff_norm, self.dropout, self.norm_first)
 
 
 class Transformer(nn.Module):
@@ -191,8 +213,10 @@ class Transformer(nn.Module):
         self.src_embed = TokenEmbedding(cfg.src_vocab_size, d, scale=True, padding_idx=cfg.pad_id)
         self.tgt_embed = TokenEmbedding(cfg.tgt_vocab_size, d, scale=True, padding_idx=cfg.pad_id)
         self.pos = SinusoidalPositionalEncoding(d, cfg.max_len, cfg.dropout)
-        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
-        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        layer = dict(d_model=d, n_heads=cfg.n_heads, d_ff=cfg.d_ff, dropout=cfg.dropout, activation=cfg.activation,
+                     norm_first=cfg.norm_first, eps=cfg.layer_norm_eps)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(**layer) for _ in range(cfg.n_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(**layer) for _ in range(cfg.decoder_layers))
         # Pre-norm leaves the residual stream un-normalised, so each stack ends in a LayerNorm.
         self.encoder_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.norm_first else nn.Identity()

@@ -49,7 +49,7 @@ _FALLBACK_SCRIPT = textwrap.dedent(
     for mod, name, _ in saved:
         delattr(mod, name)
     try:
-        from course_lib import distributed as D
+        from course_lib.scaleout import distributed as D
     finally:
         for mod, name, value in saved:
             setattr(mod, name, value)

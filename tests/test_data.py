@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from course_lib import data, grammar
-from course_lib.data import generated_corpus, load_parallel, load_text
+from course_lib.data import generated_corpus, grammar, load_parallel, load_text
+from course_lib.data import sources as data
 
 
 def test_generated_corpus_is_deterministic_prose():
@@ -51,15 +51,15 @@ def test_hub_text_offline_falls_back_with_one_line(monkeypatch, capsys):
 def test_hub_that_hangs_falls_back_within_timeout(monkeypatch, capsys):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "COURSE_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda repo, timeout: time.sleep(3))
+    monkeypatch.setattr(data, "_hub_describe", lambda repo, timeout, repo_type: time.sleep(3))
     got = load_text("sales_textbook", max_chars=500, timeout=0.2)
     assert "no answer within 0.2 s" in capsys.readouterr().out
     assert got.text == generated_corpus(500)
 
-    def refuse(repo, timeout):
+    def refuse(repo, timeout, repo_type):
         raise ConnectionError("name resolution failed")
 
-    monkeypatch.setattr(data, "_hub_reachable", refuse)
+    monkeypatch.setattr(data, "_hub_describe", refuse)
     monkeypatch.setattr(grammar, "generate_pairs",
                         lambda n, seed: [(f"en {seed} {i}", f"de {seed} {i}") for i in range(n)])
     pairs = load_parallel("talks", split="val", max_pairs=3)
@@ -71,7 +71,7 @@ def test_hub_that_hangs_falls_back_within_timeout(monkeypatch, capsys):
 def test_hub_rows_are_read_when_reachable(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "COURSE_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda repo, timeout: None)
+    monkeypatch.setattr(data, "_hub_describe", lambda repo, timeout, repo_type: None)
     calls = []
 
     def rows(repo, config, split, max_rows):

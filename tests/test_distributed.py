@@ -20,44 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib import distributed as D
-from course_lib.attention import MultiHeadAttention
+from course_lib import scaleout as D
 from course_lib.checkpoint import load_checkpoint
-from course_lib.launch import free_port, launch
-from course_lib.rank_memory import memory_report
+from course_lib.gpt import GPT, GPTConfig
+from course_lib.scaleout import free_port, launch
+from course_lib.scaleout.rank_memory import memory_report
 
 VOCAB, D_MODEL, N_HEADS, T, BATCH = 11, 16, 2, 6, 8
 STEPS, SAVE_AT, ACCUM, CLIP = 4, 2, 2, 0.75
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(D_MODEL), nn.LayerNorm(D_MODEL)
-        self.attn = MultiHeadAttention(D_MODEL, N_HEADS, bias=False)  # a key bias gets no gradient
-        self.mlp = nn.Sequential(
-            nn.Linear(D_MODEL, 4 * D_MODEL), nn.GELU(), nn.Linear(4 * D_MODEL, D_MODEL)
-        )
-
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x), is_causal=True)[0]
-        return x + self.mlp(self.ln2(x))
-
-
-class TinyLM(nn.Module):
-    """A 2-block causal transformer (about 7k parameters)."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(VOCAB, D_MODEL)
-        self.blocks = nn.ModuleList([Block(), Block()])
-        self.ln_f, self.head = nn.LayerNorm(D_MODEL), nn.Linear(D_MODEL, VOCAB)
-
-    def forward(self, x):
-        h = self.emb(x)
-        for block in self.blocks:
-            h = block(h)
-        return self.head(self.ln_f(h))
 
 
 def global_batch(step):
@@ -67,8 +37,9 @@ def global_batch(step):
 
 
 def new_model():
+    """A 2-layer course GPT without biases (a key bias gets no gradient)."""
     torch.manual_seed(0)
-    return TinyLM()
+    return GPT(GPTConfig(vocab_size=VOCAB, block_size=T, n_layers=2, n_heads=N_HEADS, d_model=D_MODEL, bias=False))
 
 
 def new_optimizer(model, kind="sgd"):
@@ -84,7 +55,7 @@ def reference_run(clip=None, steps=STEPS):
     losses, norms = [], []
     for step in range(steps):
         x, y = global_batch(step)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss = F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten())
         loss.backward()
         norms.append(
             float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf")))
@@ -124,14 +95,14 @@ def course_run(
         for i in range(accum):
             with D.sync_gradients(model, sync=i == accum - 1):
                 xi, yi = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
-                loss = F.cross_entropy(model(xi).flatten(0, 1), yi.flatten()) / accum
+                loss = F.cross_entropy(model(xi)[0].flatten(0, 1), yi.flatten()) / accum
                 loss.backward()
             total += loss.item()
         if clip:
             D.clip_grad_norm(model, clip)
         opt.step()
         opt.zero_grad()
-        losses.append(D.all_reduce_mean(total, ctx))
+        losses.append(float(D.average(torch.tensor(total), ctx)))
         if save_to and step + 1 == SAVE_AT:
             D.save(save_to, model, {"model_type": "tiny"}, opt, {"step": step + 1}, ctx)
     params, _ = D.full_state(model)
@@ -252,7 +223,7 @@ def test_checkpoint_of_two_ranks_resumes_on_one_process(runs):
     opt.load_state_dict(ckpt["optimizer"])
     for step in range(SAVE_AT, STEPS):
         x, y = global_batch(step)
-        F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+        F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).backward()
         opt.step()
         opt.zero_grad()
     for name, p in runs["reference"][1].items():

@@ -1,6 +1,6 @@
 """The course's training commands under torchrun: 2 CPU processes (gloo) against one.
 
-``torchrun --nproc-per-node 2 -m course_lib.train gpt|translate ...`` must follow the
+``torchrun --nproc-per-node 2 -m course_lib train gpt|translate ...`` must follow the
 single-process run of the same command (the same global batch, split over the ranks):
 the same training losses at every step and the same validation loss. A run saved by
 2 FSDP ranks resumes on 2 DDP ranks and on one process and still follows it.
@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def torchrun(task: str, args: list[str], nproc: int = 2) -> None:
-    """Run ``python -m course_lib.train TASK ARGS`` on ``nproc`` CPU processes via torchrun."""
+    """Run ``python -m course_lib train TASK ARGS`` on ``nproc`` CPU processes via torchrun."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += ["--nproc-per-node", str(nproc), "-m", "course_lib.train", task, *args]
+    cmd += ["--nproc-per-node", str(nproc), "-m", "course_lib", "train", task, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COURSE_DEVICE": "cpu", "OMP_NUM_THREADS": "1",
            "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "COURSE_DIST_TIMEOUT": "60"}  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -35,9 +35,9 @@ def torchrun(task: str, args: list[str], nproc: int = 2) -> None:
 
 
 def one_process(task: str, args: list[str]) -> None:
-    from course_lib.train import main
+    from course_lib.cli import main
 
-    assert main([task, *args]) == 0
+    assert main(["train", task, *args]) == 0
 
 
 def fork_checkpoint(src: Path, dst: Path) -> Path:
@@ -48,23 +48,23 @@ def fork_checkpoint(src: Path, dst: Path) -> Path:
 # ---------------------------------------------------------------------------- GPT
 GPT_ARGS = ["--preset", "tiny", "--data", "stdlib", "--max-chars", "20000", "--steps", "4",
        "--batch-size", "4", "--grad-accum", "2", "--eval-every", "2", "--eval-batches", "1",
-       "--warmup-steps", "1", "--lr", "3e-3", "--device", "cpu", "--no-compile", "--no-bf16",
+       "--warmup", "1", "--lr", "3e-3", "--device", "cpu", "--no-compile", "--precision", "fp32",
        "--no-progress"]  # fmt: skip
 
 
 def gpt_state(folder: Path) -> dict:
-    return load_checkpoint(folder / "ckpt.safetensors")
+    return load_checkpoint(folder / "checkpoint.safetensors")
 
 
 def test_gpt_on_two_ranks_follows_one_process(tmp_path):
     config = tmp_path / "small.json"  # a smaller model than the tiny preset: faster
     config.write_text('{"n_layers": 2, "d_model": 32, "n_heads": 2, "block_size": 32}')
     GPT = [*GPT_ARGS, "--config", str(config)]
-    one_process("gpt", [*GPT, "--out-dir", str(tmp_path / "one")])
-    torchrun("gpt", [*GPT, "--fsdp", "--until-step", "2", "--out-dir", str(tmp_path / "two")])
+    one_process("gpt", [*GPT, "--out", str(tmp_path / "one")])
+    torchrun("gpt", [*GPT, "--fsdp", "--until-step", "2", "--out", str(tmp_path / "two")])
     fork_checkpoint(tmp_path / "two", tmp_path / "resumed_alone")
-    torchrun("gpt", [*GPT, "--resume", "--out-dir", str(tmp_path / "two")])  # now DDP
-    one_process("gpt", [*GPT, "--resume", "--out-dir", str(tmp_path / "resumed_alone")])
+    torchrun("gpt", [*GPT, "--resume", "--out", str(tmp_path / "two")])  # now DDP
+    one_process("gpt", [*GPT, "--resume", "--out", str(tmp_path / "resumed_alone")])
 
     ref = gpt_state(tmp_path / "one")
     for name in ("two", "resumed_alone"):
@@ -86,8 +86,8 @@ def test_gpt_on_two_ranks_follows_one_process(tmp_path):
 
 def test_gpt_refuses_a_batch_the_ranks_cannot_split(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd += ["-m", "course_lib.train", "gpt", *GPT_ARGS, "--batch-size", "3"]
-    cmd += ["--out-dir", str(tmp_path / "x")]
+    cmd += ["-m", "course_lib", "train", "gpt", *GPT_ARGS, "--batch-size", "3", "--grad-accum", "1"]
+    cmd += ["--out", str(tmp_path / "x")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode != 0
@@ -96,7 +96,7 @@ def test_gpt_refuses_a_batch_the_ranks_cannot_split(tmp_path):
 
 # ---------------------------------------------------------------------------- translation
 TRANSLATE = ["--data", "generated", "--n-train", "200", "--n-valid", "4", "--batch-size", "16",
-             "--warmup", "4", "--log-every", "1", "--device", "cpu", "--d-model", "32",
+             "--warmup", "4", "--device", "cpu", "--d-model", "32",
              "--n-heads", "2", "--n-layers", "1", "--d-ff", "64", "--max-len", "32"]  # fmt: skip
 
 
@@ -105,24 +105,24 @@ def translate_state(folder: Path) -> dict:
 
 
 def test_translate_on_two_ranks_follows_one_process(tmp_path):
-    one_process("translate", [*TRANSLATE, "--max-steps", "4", "--out", str(tmp_path / "one")])
+    one_process("translate", [*TRANSLATE, "--steps", "4", "--out", str(tmp_path / "one")])
     torchrun(
-        "translate", [*TRANSLATE, "--fsdp", "--max-steps", "2", "--out", str(tmp_path / "two")]
+        "translate", [*TRANSLATE, "--fsdp", "--steps", "2", "--out", str(tmp_path / "two")]
     )
     fork_checkpoint(tmp_path / "two", tmp_path / "resumed_alone")
     torchrun(
-        "translate", [*TRANSLATE, "--resume", "--max-steps", "4", "--out", str(tmp_path / "two")]
+        "translate", [*TRANSLATE, "--resume", "--steps", "4", "--out", str(tmp_path / "two")]
     )
     one_process(
         "translate",
-        [*TRANSLATE, "--resume", "--max-steps", "4", "--out", str(tmp_path / "resumed_alone")],
+        [*TRANSLATE, "--resume", "--steps", "4", "--out", str(tmp_path / "resumed_alone")],
     )
 
     ref = translate_state(tmp_path / "one")
     for name in ("two", "resumed_alone"):
         got = translate_state(tmp_path / name)
         assert got["step"] == 4
-        for (s1, l1), (s2, l2) in zip(got["losses"], ref["losses"], strict=True):
+        for (s1, l1), (s2, l2) in zip(got["train_losses"], ref["train_losses"], strict=True):
             assert s1 == s2 and l1 == pytest.approx(l2, abs=2e-5)
-        (s1, v1), (s2, v2) = got["val_losses"][-1], ref["val_losses"][-1]
-        assert s1 == s2 and v1 == pytest.approx(v2, abs=2e-5)
+        e1, e2 = got["evals"][-1], ref["evals"][-1]
+        assert e1["step"] == e2["step"] and e1["val"] == pytest.approx(e2["val"], abs=2e-5)

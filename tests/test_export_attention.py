@@ -146,34 +146,39 @@ def test_export_decoder_only_and_bad_input(tmp_path):
         ea.export_attention_maps(nn.Linear(2, 2), torch.zeros(1, 2), out_dir=tmp_path)
     with pytest.raises(ValueError, match="batch_index"):
         ea.export_attention_maps(model, ids, out_dir=tmp_path, batch_index=3)
-    with pytest.raises(ValueError, match="unknown model_type"):
-        ea.model_class("nope")
-    with pytest.raises(ValueError, match="cannot be imported"):
-        ea.model_class("course_lib.no_such_module:X")
 
 
-def test_registry_entry_is_used(monkeypatch):
-    monkeypatch.setitem(ea.MODEL_TYPES, "tiny", f"{__name__}:TinyGPT")
-    assert ea.model_class("tiny").__name__ == "TinyGPT"
+def test_a_checkpoint_naming_code_is_refused_and_nothing_is_imported(tmp_path):
+    """A checkpoint whose model_type names a module ("module:Class", as course_lib 0.1
+    accepted) is data that points at code: the loader refuses it without importing it."""
+    (tmp_path / "evil.py").write_text("import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('x')\n")
+    save_checkpoint(tmp_path / "run" / "checkpoint.safetensors", TinyGPT(), {"model_type": "evil:TinyGPT"})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]), "MPLBACKEND": "Agg"}
+    run = subprocess.run([sys.executable, "-m", "course_lib", "export-attention", str(tmp_path / "run"), "a b"],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 2 and "not one of the course's kinds" in run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert not (tmp_path / "RAN").exists()
 
 
-def test_cli_writes_maps_from_a_checkpoint(tmp_path):
-    tokenizer = pytest.importorskip("course_lib.tokenizer")
+def test_cli_writes_maps_from_a_run_folder(tmp_path):
+    from course_lib.tokenizer import SPECIALS, WordTokenizer
+    from course_lib.transformer import Transformer, TransformerConfig
+
     texts = ["a man rides a bike .", "ein mann fährt rad ."]
-    tok = tokenizer.WordTokenizer.from_texts(texts)
+    tok = WordTokenizer.from_texts(texts, special_tokens=SPECIALS)
     torch.manual_seed(2)
-    config = {"model_type": "test_export_attention:TinyEncDec", "vocab": tok.vocab_size,
-              "d_model": 8, "n_heads": 2}
-    model = TinyEncDec.from_config(config)
-    ckpt = save_checkpoint(tmp_path / "run" / "ckpt.safetensors", model, config)
+    config = TransformerConfig(src_vocab_size=tok.vocab_size, tgt_vocab_size=tok.vocab_size, d_model=8,
+                               n_heads=2, n_layers=2, n_decoder_layers=2, d_ff=16, max_len=16)
+    model = Transformer(config).eval()
+    save_checkpoint(tmp_path / "run" / "checkpoint.safetensors", model, config.to_dict())
     tok.save(tmp_path / "run" / "tokenizer.json")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-           "MPLBACKEND": "Agg"}
-    cmd = [sys.executable, "-m", "course_lib.export_attention", "--checkpoint", str(ckpt),
-           "--text", texts[0], "--target", texts[1], "--out", str(tmp_path / "maps"), "--formats", "pdf"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    cmd = [sys.executable, "-m", "course_lib", "export-attention", str(tmp_path / "run"), texts[0],
+           "--target", texts[1], "--out", str(tmp_path / "maps"), "--formats", "pdf"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "6 attention modules, 12 heads" in run.stdout
+    assert "transformer: 6 attention modules, 12 heads" in run.stdout
     out = tmp_path / "maps"
     assert len(list(out.glob("*_head*.pdf"))) == 12 and not list(out.glob("*.png"))
     assert len(list(out.glob("grid_*.pdf"))) == 3
@@ -187,6 +192,6 @@ def test_cli_writes_maps_from_a_checkpoint(tmp_path):
     saved = load_file(str(out / "attention.safetensors"))
     torch.testing.assert_close(saved["decoder_cross"][1], want["decoder_layers.1.cross_attn"][0])
     # an encoder-decoder without --target: a clear error, exit status 2
-    bad = subprocess.run(cmd[:7] + ["--out", str(tmp_path / "x")], env=env, capture_output=True,
+    bad = subprocess.run(cmd[:6] + ["--out", str(tmp_path / "x")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "give --target" in bad.stderr

@@ -70,11 +70,11 @@ def test_from_pretrained_offline_gives_one_clear_error(monkeypatch, tmp_path):
 def test_gpt2_124m_parameter_count_and_init():
     with torch.device("meta"):
         model = GPT(GPTConfig.preset("gpt2-124m"))
-    assert model.num_params() == 124_439_808  # the count HF's GPT2LMHeadModel reports
-    assert model.lm_head.weight is model.tok_emb.weight
+    assert model.num_parameters() == 124_439_808  # the count HF's GPT2LMHeadModel reports
+    assert model.out_proj.weight is model.tok_embed.weight
     small = GPT(GPTConfig(vocab_size=50, block_size=16, n_layers=8, n_heads=2, d_model=256))
-    assert abs(small.blocks[0].attn.w_o.weight.std().item() - 0.02 / math.sqrt(16)) < 5e-4
-    assert abs(small.blocks[0].mlp.c_fc.weight.std().item() - 0.02) < 1e-3
+    assert abs(small.layers[0].self_attn.w_o.weight.std().item() - 0.02 / math.sqrt(16)) < 5e-4
+    assert abs(small.layers[0].ff.w_1.weight.std().item() - 0.02) < 1e-3
 
 
 def test_config_round_trip_and_errors():

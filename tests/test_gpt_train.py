@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from course_lib.checkpoint import CheckpointConfigError
+from course_lib.data import stdlib_docs
 from course_lib.gpt import GPT, GPTConfig
-from course_lib.gpt_data import CharTokenizer, stdlib_docs
-from course_lib.gpt_train import (
-    TrainConfig,
+from course_lib.tokenizer import CharTokenizer
+from course_lib.training.gpt import (
+    GPTTrainConfig as TrainConfig,
+)
+from course_lib.training.gpt import (
     configure_optimizer,
     get_batch,
     lr_at,
@@ -33,8 +36,8 @@ def _setup(seed=0, dropout=0.1):
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(steps=8, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=3, eval_batches=2,
-                device="cpu", progress=False, out_dir=str(tmp_path), grad_accum=2)
+    base = dict(steps=8, batch_size=4, lr=3e-3, warmup=2, eval_every=3, eval_batches=2,
+                device="cpu", progress=False, out=str(tmp_path), grad_accum=2)
     return TrainConfig(**{**base, **kw})
 
 
@@ -55,12 +58,12 @@ def test_resume_continues_the_same_run(tmp_path):
 
 def test_training_lowers_the_loss_and_stops_at_target(tmp_path):
     model, data, tok = _setup(dropout=0.0)
-    state = train(model, data, _cfg(tmp_path, steps=60, eval_every=20, grad_accum=1, lr=1e-2, warmup_steps=5))
+    state = train(model, data, _cfg(tmp_path, steps=60, eval_every=20, grad_accum=1, lr=1e-2, warmup=5))
     assert state["evals"][-1]["val"] < state["evals"][0]["val"] - 0.5
     first = state["evals"][0]["val"]
     model, data, tok = _setup(dropout=0.0)
     stopped = train(model, data, _cfg(tmp_path / "t", steps=60, eval_every=20, grad_accum=1, lr=1e-2,
-                                      warmup_steps=5, target_loss=first))
+                                      warmup=5, target_loss=first))
     assert stopped["step"] == 20 and "target" in stopped["stopped"]
 
 
@@ -79,7 +82,7 @@ def test_weight_decay_groups_and_schedule():
     for name, p in model.named_parameters():
         assert (id(p) in decayed) == (p.dim() == 2), name  # biases and LayerNorms are not decayed
     assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.param_groups[1]["weight_decay"] == 0.0
-    cfg = TrainConfig(steps=110, lr=1.0, min_lr=0.0, warmup_steps=10)
+    cfg = TrainConfig(steps=110, lr=1.0, min_lr=0.0, warmup=10)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(60, cfg) == pytest.approx(0.5)  # half way down the cosine
     assert lr_at(35, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
@@ -92,7 +95,7 @@ def test_batches_are_a_function_of_step_and_targets_are_shifted():
     get_batch(tokens, 4, 8, seed=1, step=4)
     x2, _ = get_batch(tokens, 4, 8, seed=1, step=3)
     assert torch.equal(x1, x2) and torch.equal(y1, x1 + 1)
-    assert not torch.equal(x1, get_batch(tokens, 4, 8, seed=1, step=3, rank=1)[0])
+    assert not torch.equal(x1, get_batch(tokens, 4, 8, seed=1, step=3, split=1)[0])
 
 
 def test_stdlib_corpus_is_readable_text():
@@ -103,20 +106,20 @@ def test_stdlib_corpus_is_readable_text():
 def test_command_line_trains_resumes_and_samples(tmp_path):
     env = {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "COURSE_DEVICE": "cpu",
            "PATH": "/usr/bin:/bin"}
-    common = [sys.executable, "-m", "course_lib.train", "gpt", "--preset", "tiny", "--data", "stdlib",
+    common = [sys.executable, "-m", "course_lib", "train", "gpt", "--preset", "tiny", "--data", "stdlib",
               "--max-chars", "20000", "--steps", "6", "--batch-size", "2", "--eval-every", "3",
-              "--eval-batches", "1", "--out-dir", str(tmp_path)]
+              "--eval-batches", "1", "--out", str(tmp_path)]
     r = subprocess.run(common + ["--until-step", "3"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     r = subprocess.run(common + ["--resume"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "resumed" in r.stdout + r.stderr and "done at step 6" in r.stdout + r.stderr
-    ckpt = tmp_path / "ckpt.safetensors"
-    r = subprocess.run([sys.executable, "-m", "course_lib.generate", "--checkpoint", str(ckpt), "--prompt",
-                        "json", "--max-new-tokens", "20", "--top-p", "0.9"], capture_output=True, text=True,
+    assert (tmp_path / "checkpoint.safetensors").exists() and (tmp_path / "loss.png").exists()
+    r = subprocess.run([sys.executable, "-m", "course_lib", "generate", str(tmp_path), "json",
+                        "--max-new-tokens", "20", "--top-p", "0.9"], capture_output=True, text=True,
                        env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("json") and len(r.stdout.splitlines()[0]) >= 4
-    r = subprocess.run([sys.executable, "-m", "course_lib.generate", "--checkpoint", str(ckpt),
+    r = subprocess.run([sys.executable, "-m", "course_lib", "generate", str(tmp_path),
                         "--top-p", "1.5"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 2 and "top_p" in r.stderr

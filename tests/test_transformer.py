@@ -27,12 +27,14 @@ def _copy_mha(ours, theirs: nn.MultiheadAttention):
 
 
 def _copy_common(ours, theirs):
+    """Feed-forward and LayerNorms: our names -> PyTorch's."""
+    norms = (("self_attn_norm", "norm1"), ("cross_attn_norm", "norm2"), ("ff_norm", "norm3")) \
+        if hasattr(ours, "cross_attn") else (("self_attn_norm", "norm1"), ("ff_norm", "norm2"))
     with torch.no_grad():
-        for name in ("linear1", "linear2"):
-            getattr(theirs, name).load_state_dict(getattr(ours.ff, name).state_dict())
-        for name in ("norm1", "norm2", "norm3"):
-            if hasattr(ours, name):
-                getattr(theirs, name).load_state_dict(getattr(ours, name).state_dict())
+        theirs.linear1.load_state_dict(ours.ff.w_1.state_dict())
+        theirs.linear2.load_state_dict(ours.ff.w_2.state_dict())
+        for mine, torchs in norms:
+            getattr(theirs, torchs).load_state_dict(getattr(ours, mine).state_dict())
 
 
 def reference_from(model: Transformer) -> nn.Transformer:
@@ -179,7 +181,7 @@ def test_cross_attention_map_is_the_cross_attention_weights():
         memory = model.encode(src)
         y = model.pos(model.tgt_embed(tgt))
         layer0 = model.decoder_layers[0]
-        h = layer0.norm1(y + layer0.self_attn(y, is_causal=True)[0])
+        h = layer0.self_attn_norm(y + layer0.self_attn(y, is_causal=True)[0])
         _, w = layer0.cross_attn(h, memory, need_weights=True)
     torch.testing.assert_close(maps[0], w[0])
     assert not torch.allclose(maps[0, :, :, :4], torch.tril(maps[0, :, :, :4]))  # not a causal (self) map

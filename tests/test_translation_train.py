@@ -11,13 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import grammar
 from course_lib.checkpoint import CheckpointConfigError, read_metadata
+from course_lib.data import grammar, load_pairs
 from course_lib.decoding import translate
 from course_lib.exercises import solution
+from course_lib.training.core import noam_lr
+from course_lib.training.translation import TranslationTrainConfig as TrainConfig
+from course_lib.training.translation import build_tokenizer, load_config, make_batches, train
 from course_lib.transformer import Transformer, TransformerConfig
-from course_lib.translation_data import build_tokenizer, load_pairs
-from course_lib.translation_train import TrainConfig, load_config, make_batches, noam_lr, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,23 +130,24 @@ def _tiny(tok):
                                          n_heads=2, n_layers=1, d_ff=32, dropout=0.1, max_len=40))
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, capsys):
     pairs = grammar.generate_pairs(120, seed=0)
     tok = build_tokenizer(pairs)
-    cfg = TrainConfig(max_steps=6, batch_size=16, warmup=4, checkpoint_every=3, log_every=1)
+    cfg = TrainConfig(steps=6, batch_size=16, warmup=4, eval_every=3, out=str(tmp_path / "a"), progress=False)
     torch.manual_seed(0)
     straight = _tiny(tok)
-    h1 = train(straight, tok, pairs, pairs[:20], cfg, out_dir=tmp_path / "a", log=lambda m: None)
+    h1 = train(straight, tok, pairs, pairs[:20], cfg)
     torch.manual_seed(0)
     first = _tiny(tok)
-    train(first, tok, pairs, pairs[:20], TrainConfig(**{**cfg.__dict__, "max_steps": 3}), out_dir=tmp_path / "b")
+    cfg = TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "b")})
+    train(first, tok, pairs, pairs[:20], cfg, until_step=3)
     torch.manual_seed(123)  # a fresh process: other weights, other RNG state
     resumed = _tiny(tok)
-    logs = []
-    h2 = train(resumed, tok, pairs, pairs[:20], cfg, out_dir=tmp_path / "b", resume=True, log=logs.append)
-    assert any("at step 3" in m for m in logs)
-    assert h2["step"] == 6 and [s for s, _ in h2["losses"]] == [1, 2, 3, 4, 5, 6]
-    assert h1["losses"] == h2["losses"]
+    capsys.readouterr()
+    h2 = train(resumed, tok, pairs, pairs[:20], cfg, resume=True)
+    assert "at step 3" in capsys.readouterr().out
+    assert h2["step"] == 6 and [s for s, _ in h2["train_losses"]] == [1, 2, 3, 4, 5, 6]
+    assert h1["train_losses"] == h2["train_losses"]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert read_metadata(tmp_path / "b" / "checkpoint.safetensors")["train_state"]["step"] == 6
@@ -154,7 +156,7 @@ def test_resume_continues_exactly(tmp_path):
     other = Transformer(TransformerConfig(src_vocab_size=tok.vocab_size, tgt_vocab_size=tok.vocab_size, d_model=32,
                                           n_heads=2, n_layers=1, d_ff=32, max_len=40))
     with pytest.raises(CheckpointConfigError, match="d_model"):
-        train(other, tok, pairs, [], cfg, out_dir=tmp_path / "b", resume=True)
+        train(other, tok, pairs, [], cfg, resume=True)
 
 
 # ---------------------------------------------------------------- bad input
@@ -167,9 +169,10 @@ def test_config_errors(tmp_path):
         load_config({"dropout": -0.1})
     with pytest.raises(ValueError, match="unknown config key"):
         load_config({"learningrate": 0.1})
-    model, tcfg = load_config({"train_data": "generated", "epochs": 2, "batch_size": 8, "learning_rate": 1e-3,
-                               "model_dim": 32, "num_heads": 4})
-    assert model == {"model_dim": 32, "num_heads": 4} and (tcfg.epochs, tcfg.batch_size) == (2, 8)
+    train_cfg, model = load_config({"train_data": "generated", "epochs": 2, "batch_size": 8, "learning_rate": 1e-3,
+                                    "model_dim": 32, "num_heads": 4})
+    assert model == {"d_model": 32, "n_heads": 4}
+    assert train_cfg == {"data": "generated", "epochs": 2, "batch_size": 8, "lr": 1e-3}
 
 
 def test_misaligned_parallel_files(tmp_path):
@@ -211,8 +214,8 @@ TINY = ["--n-train", "300", "--n-valid", "10", "--batch-size", "8", "--d-model",
 
 def test_cli_train_kill_resume_and_translate(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "course_lib.train", "translate", *TINY, "--out", str(out)]
-    proc = subprocess.Popen([*cmd, "--max-steps", "100000", "--checkpoint-every", "5"], env=_env(),
+    cmd = [sys.executable, "-m", "course_lib", "train", "translate", *TINY, "--out", str(out)]
+    proc = subprocess.Popen([*cmd, "--steps", "100000", "--eval-every", "5"], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpt = out / "checkpoint.safetensors"
     try:
@@ -225,17 +228,17 @@ def test_cli_train_kill_resume_and_translate(tmp_path):
         proc.wait()
     step = read_metadata(ckpt)["train_state"]["step"]
     assert step >= 5 and step % 5 == 0
-    res = subprocess.run([*cmd, "--max-steps", str(step + 3), "--resume"], env=_env(), capture_output=True,
+    res = subprocess.run([*cmd, "--steps", str(step + 3), "--eval-every", "5", "--resume"], env=_env(), capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert f"at step {step} " in res.stdout
+    assert f"at step {step}\n" in res.stdout
     assert read_metadata(ckpt)["train_state"]["step"] == step + 3
-    res = subprocess.run([sys.executable, "-m", "course_lib.translate", str(out), "the man sees the dog .", "--beam", "2"],
+    res = subprocess.run([sys.executable, "-m", "course_lib", "translate", str(out), "the man sees the dog .", "--beam", "2"],
                          env=_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("\n") == 1  # one line per sentence (an untrained model may say little)
     # Resuming with another model configuration is a clear error.
-    res = subprocess.run([*cmd[:-2], "--d-model", "32", "--out", str(out), "--max-steps", "1", "--resume"],
+    res = subprocess.run([*cmd[:-2], "--d-model", "32", "--out", str(out), "--steps", "1", "--resume"],
                          env=_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode != 0 and "d_model" in res.stderr
 
@@ -245,13 +248,13 @@ def test_cli_config_file_with_course_names(tmp_path):
     config.write_text(json.dumps({"train_data": "generated", "epochs": 1, "batch_size": 100, "learning_rate": 1e-3,
                                   "model_dim": 16, "hidden_dims": 16, "num_heads": 2, "num_layers": 1,
                                   "dropout": 0.0, "max_seq_length": 40, "n_train": 200, "n_valid": 10}))
-    res = subprocess.run([sys.executable, "-m", "course_lib.train", "translate", "--config", str(config),
+    res = subprocess.run([sys.executable, "-m", "course_lib", "train", "translate", "--config", str(config),
                           "--out", str(tmp_path / "run")], env=_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     meta = read_metadata(tmp_path / "run" / "checkpoint.safetensors")
     assert meta["train_state"]["step"] == 2 and meta["config"]["d_model"] == 16  # 200 pairs / 100 = 2 steps
     config.write_text(json.dumps({"model_dim": 30, "num_heads": 4}))
-    res = subprocess.run([sys.executable, "-m", "course_lib.train", "translate", "--config", str(config)],
+    res = subprocess.run([sys.executable, "-m", "course_lib", "train", "translate", "--config", str(config)],
                          env=_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode != 0 and "not divisible" in res.stderr
 
@@ -265,12 +268,12 @@ def test_real_data_with_bpe_and_a_nonzero_pad_id(shared_data):
     assert pad != 0
     model = Transformer(TransformerConfig(src_vocab_size=tok.vocab_size, tgt_vocab_size=tok.vocab_size, d_model=16,
                                           n_heads=2, n_layers=1, d_ff=16, max_len=128, pad_id=pad))
-    hist = train(model, tok, pairs, pairs[:16], TrainConfig(max_steps=3, batch_size=16, warmup=2), log=lambda m: None)
-    assert hist["step"] == 3 and hist["val_losses"]
+    hist = train(model, tok, pairs, pairs[:16], TrainConfig(steps=3, batch_size=16, warmup=2, progress=False))
+    assert hist["step"] == 3 and hist["evals"]
     out = translate(model, tok, [pairs[0][0]], max_new_tokens=5)
     assert isinstance(out[0], str)
     with pytest.raises(ValueError, match="pad_id"):
-        train(_tiny(tok), tok, pairs, [], TrainConfig(max_steps=1))
+        train(_tiny(tok), tok, pairs, [], TrainConfig(steps=1))
 
 
 @pytest.mark.parametrize("name", ["nb07.noam_lr", "nb07.label_smoothed_loss", "nb07.cross_attention_maps"])

@@ -1,4 +1,4 @@
-"""Templates and word lists of the generated corpus (``course_lib.data.generated_corpus``).
+"""Templates and word lists of the generated corpus (``generated_corpus``).
 
 Each story has a hero with a job and a home, a friend, a day when something is found
 or lost, a short dialogue, a search and an ending that fits the object, so that a
@@ -7,6 +7,8 @@ All wording here was written for this project.
 """
 
 from __future__ import annotations
+
+import random
 
 HEROES = [
     ("Anna", "she"), ("Ben", "he"), ("Clara", "she"), ("David", "he"), ("Emma", "she"),
@@ -171,3 +173,23 @@ def story(rng) -> str:
     )
     sentences.append(ending)
     return " ".join(sentences)
+
+
+GENERATED_CHARS = 1_000_000
+
+
+def generated_corpus(n_chars: int = GENERATED_CHARS, seed: int = 0) -> str:
+    """Exactly ``n_chars`` characters of generated stories, separated by blank lines.
+
+    Deterministic: the same ``(n_chars, seed)`` always gives the same text, and a
+    shorter corpus is a prefix of a longer one with the same seed.
+    """
+    if not isinstance(n_chars, int) or n_chars < 0:
+        raise ValueError(f"n_chars must be an integer >= 0, got {n_chars!r}")
+    rng = random.Random(seed)
+    parts, length = [], 0
+    while length < n_chars:
+        text = story(rng) + "\n\n"
+        parts.append(text)
+        length += len(text)
+    return "".join(parts)[:n_chars]

@@ -1,8 +1,8 @@
 """What each rank holds under DDP and FSDP, measured on a small transformer (notebook 09).
 
-``measure()`` runs on every rank (launch it with ``course_lib.distributed.launch`` or
-``torchrun``): it builds the same small causal transformer (made of the course's
-``MultiHeadAttention``), wraps it with DDP or FSDP, takes one AdamW step on this
+``measure()`` runs on every rank (launch it with ``course_lib.scaleout.launch`` or
+``torchrun``): it builds the same small GPT (``course_lib.gpt``), wraps it with DDP or
+FSDP, takes one AdamW step on this
 rank's part of a batch and reports the bytes this rank then holds for parameters,
 gradients and optimizer state, with the local shape of a few parameters.
 """
@@ -10,12 +10,11 @@ gradients and optimizer state, with the local shape of a few parameters.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import distributed as D
-from .attention import MultiHeadAttention
-from .distributed import DTensor
+from course_lib.gpt import GPT, GPTConfig
+from course_lib.scaleout import distributed as D
+from course_lib.scaleout.distributed import DTensor
 
 
 def _local_bytes(t: torch.Tensor) -> int:
@@ -37,36 +36,7 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
     }
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + MHA(LN(x)), then x + FFN(LN(x))."""
-
-    def __init__(self, d_model: int, n_heads: int):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = MultiHeadAttention(d_model, n_heads)
-        self.ffn = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
-        )
-
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x), is_causal=True)[0]
-        return x + self.ffn(self.ln2(x))
-
-
-class SmallLM(nn.Module):
-    """A small causal language model whose blocks sit in an ``nn.ModuleList`` (FSDP's units)."""
-
-    def __init__(self, vocab_size=256, d_model=64, n_heads=4, n_layers=4):
-        super().__init__()
-        self.tok = nn.Embedding(vocab_size, d_model)
-        self.blocks = nn.ModuleList([Block(d_model, n_heads) for _ in range(n_layers)])
-        self.ln_f, self.head = nn.LayerNorm(d_model), nn.Linear(d_model, vocab_size)
-
-    def forward(self, idx):
-        x = self.tok(idx)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln_f(x))
+SMALL_GPT = dict(vocab_size=256, n_layers=4, n_heads=4, d_model=64)
 
 
 def measure(strategies=("ddp", "fsdp"), batch_size=8, seq_len=16, **model_kwargs) -> list[dict]:
@@ -77,24 +47,24 @@ def measure(strategies=("ddp", "fsdp"), batch_size=8, seq_len=16, **model_kwargs
     parameters of one block exist only briefly while that block runs.
     """
     ctx = D.setup()
+    config = GPTConfig(**{**SMALL_GPT, "block_size": seq_len, **model_kwargs})
     rows = []
     for strategy in strategies:
         torch.manual_seed(0)
-        model = D.wrap_model(SmallLM(**model_kwargs), ctx, strategy)
+        model = D.wrap_model(GPT(config), ctx, strategy)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        vocab = model_kwargs.get("vocab_size", 256)
         g = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, vocab, (batch_size, seq_len + 1), generator=g)
+        tokens = torch.randint(0, config.vocab_size, (batch_size, seq_len + 1), generator=g)
         tokens = D.shard(tokens, ctx).to(ctx.device)
-        logits = model(tokens[:, :-1])
-        F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        _, loss = model(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
         optimizer.step()
         shapes = {
             name: tuple(getattr(p, "to_local", lambda p=p: p)().shape)
             for name, p in D.unwrap(model).named_parameters()
-            if name in ("tok.weight", "blocks.0.attn.w_q.weight", "head.bias")
+            if name in ("tok_embed.weight", "layers.0.self_attn.w_q.weight", "final_norm.bias")
         }
-        n_params = sum(p.numel() for p in SmallLM(**model_kwargs).parameters())
+        n_params = GPT(config).num_parameters()
         rows.append(
             {
                 "strategy": strategy if ctx.distributed else "1 process",

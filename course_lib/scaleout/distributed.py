@@ -20,7 +20,7 @@ process group) and everything here is a no-op, so one script serves both cases.
     optimizer = torch.optim.AdamW(model.parameters())  # after wrapping
     x = shard(global_batch, ctx)                       # this rank's rows
     with sync_gradients(model, last_micro_step): loss.backward()
-    save(path, model, config, optimizer, train_state, ctx)  # rank 0 writes a full checkpoint
+    # checkpoints: course_lib.scaleout.checkpoint (rank 0 writes one full file)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .env import get_device
+from course_lib.env import get_device
 
 try:  # torch >= 2.6
     from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -106,7 +106,7 @@ def setup(
     if missing:
         raise RuntimeError(
             f"WORLD_SIZE={world_size} but {' and '.join(missing)} is not set, so the ranks cannot "
-            "meet. Launch with torchrun (`torchrun --nproc-per-node N -m course_lib.train ...`), "
+            "meet. Launch with torchrun (`torchrun --nproc-per-node N -m course_lib train ...`), "
             "which sets them, or export MASTER_ADDR=<host of rank 0> MASTER_PORT=<free port>."
         )
     if device.type == "cuda":
@@ -188,40 +188,27 @@ def shard(
     return batch[rank_slice(batch.shape[0], ctx.rank, ctx.world_size, accum_steps)]
 
 
-def check_batches(batch_size: int, n_items: int, ctx: DistContext | None = None) -> None:
-    """Before training on batches that may end short: the ranks must split a full batch
-    evenly and the short batch must still give every rank at least one item."""
+def check_batches(batch_size: int, n_items: int, ctx: DistContext | None = None, accum_steps: int = 1) -> None:
+    """Before training on batches that may end short: the ranks (and each rank's
+    ``accum_steps`` micro-batches) must split a full batch evenly, and the short batch must
+    still give every micro-batch of every rank at least one item."""
     ctx = ctx or current()
-    rank_slice(batch_size, 0, ctx.world_size)  # raises unless the world size divides it
-    if 0 < n_items % batch_size < ctx.world_size:
+    rank_slice(batch_size, 0, ctx.world_size, accum_steps)  # raises unless they divide it
+    need = ctx.world_size * accum_steps
+    if 0 < n_items % batch_size < need:
         raise ValueError(
             f"{n_items} examples in batches of {batch_size} leave a last batch of "
-            f"{n_items % batch_size}, fewer than the {ctx.world_size} ranks; use a number of "
-            f"examples whose remainder by {batch_size} is 0 or at least {ctx.world_size}."
+            f"{n_items % batch_size}, fewer than the {need} micro-batches of all ranks; use a number of "
+            f"examples whose remainder by {batch_size} is 0 or at least {need}."
         )
-
-
-def token_weight(n_local: int | torch.Tensor, ctx: DistContext | None = None):
-    """Factor that turns this rank's mean loss over ``n_local`` items (tokens) into its share
-    of the mean over all ranks' items: ``n_local * world_size / n_global``. DDP and FSDP
-    average gradients over ranks, so ``(loss * token_weight(n)).backward()`` gives the
-    single-process gradient even when ranks hold different numbers of tokens. 1 on one
-    process."""
-    ctx = ctx or current()
-    if not ctx.distributed:
-        return 1.0
-    n_local = torch.as_tensor(n_local, dtype=torch.float32, device=ctx.device)
-    n_global = n_local.detach().clone()
-    dist.all_reduce(n_global)
-    return n_local * ctx.world_size / n_global
 
 
 def rank_part(items, ctx: DistContext | None = None):
     """This rank's contiguous part of ``items``, for batches that may not split evenly.
 
-    Sizes differ by at most one (the first ranks get the extra items). Use it with a
-    loss weighted by the global count (``all_reduce_sum``) so that unequal parts still
-    give the single-process gradient.
+    Sizes differ by at most one (the first ranks get the extra items). Weight each rank's
+    mean loss by its share of the batch's items (tokens) so that unequal parts still give
+    the single-process gradient.
     """
     ctx = ctx or current()
     n, world = len(items), ctx.world_size
@@ -233,20 +220,6 @@ def rank_part(items, ctx: DistContext | None = None):
     base, extra = divmod(n, world)
     start = ctx.rank * base + min(ctx.rank, extra)
     return items[start : start + base + (ctx.rank < extra)]
-
-
-def all_reduce_sum(value: float | torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Sum of ``value`` over all ranks (e.g. the global number of target tokens)."""
-    t = torch.as_tensor(value, dtype=torch.float64 if ctx.backend == "gloo" else torch.float32)
-    t = t.detach().clone().to(ctx.device)
-    if ctx.distributed:
-        dist.all_reduce(t)
-    return t
-
-
-def all_reduce_mean(value: float | torch.Tensor, ctx: DistContext) -> float:
-    """Mean over ranks (the global batch's loss when every rank reads as many rows)."""
-    return float(all_reduce_sum(value, ctx)) / ctx.world_size
 
 
 def average(t: torch.Tensor, ctx: DistContext | None = None) -> torch.Tensor:
@@ -361,20 +334,8 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     return float(norm)
 
 
-# Checkpoints live in dist_checkpoint.py; they are part of this module's interface.
-from .dist_checkpoint import (  # noqa: E402
-    full_model_on_main,
-    full_state,
-    load,
-    load_model_state,
-    load_optimizer_state,
-    save,
-)
-
 __all__ = [
     "DistContext", "setup", "current", "cleanup", "barrier", "rank_slice", "shard",
-    "check_batches", "token_weight", "rank_part", "all_reduce_sum", "all_reduce_mean",
-    "average", "find_blocks", "wrap_model", "unwrap", "sync_gradients", "clip_grad_norm",
-    "full_state", "save", "load", "load_model_state", "load_optimizer_state",
-    "full_model_on_main",
+    "check_batches", "rank_part", "average", "find_blocks", "wrap_model",
+    "unwrap", "sync_gradients", "clip_grad_norm",
 ]  # fmt: skip

@@ -26,8 +26,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from .distributed import DistContext, DTensor, barrier, current, unwrap
+from course_lib.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from course_lib.scaleout.distributed import DistContext, DTensor, barrier, current, unwrap
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _BROADCAST = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .distributed import cleanup
+from course_lib.scaleout.distributed import cleanup
 
 
 def free_port() -> int:

@@ -4,8 +4,6 @@ Every Python installation carries the docstrings of its standard library (what
 ``help(json)`` shows). ``stdlib_docs()`` reads them at run time with ``inspect``, so the
 course commits none of it, and gets English prose about programming that is worth
 reading back from a small model. The text depends on the Python version a little.
-
-``load_corpus`` reads local files and tiny Shakespeare through ``course_lib.data.load_text``.
 """
 
 from __future__ import annotations
@@ -13,11 +11,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import string
-from pathlib import Path
-
-# the tokenizers GPT code uses, re-exported for course_lib.gpt_train and course_lib.generate
-from course_lib.data import load_text
-from course_lib.tokenizer import CharTokenizer, TiktokenTokenizer, load_tokenizer  # noqa: F401
 
 STDLIB_MODULES = (
     "json", "textwrap", "string", "collections", "itertools", "functools", "pathlib", "random",
@@ -65,17 +58,3 @@ def stdlib_docs(n_chars: int | None = None, modules=STDLIB_MODULES) -> str:
             parts.append(f"{mod_name}.{name}{sig}\n\n{doc}\n")
     text = _clean("\n".join(parts))
     return text[:n_chars] if n_chars else text
-
-
-def load_corpus(source: str, n_chars: int | None = None) -> tuple[str, str]:
-    """``(text, where it came from)`` for ``source``: ``"stdlib"`` (offline, always there),
-    a local .txt/.gz file or folder holding input.txt, or a name ``course_lib.data``
-    knows ("tinyshakespeare", "generated"; hub with a local fallback)."""
-    if source == "stdlib":
-        return stdlib_docs(n_chars), "docstrings of the Python standard library (read at run time)"
-    path = Path(source)
-    if path.is_dir() and (path / "input.txt").exists():
-        source = str(path / "input.txt")
-    loaded = load_text(source, max_chars=n_chars)  # local .txt/.gz files and hub names alike
-    return loaded.text, loaded.source
-

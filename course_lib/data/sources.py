@@ -1,14 +1,14 @@
-"""The course's data: a corpus it generates itself, and loaders for real data sets.
+"""Loaders for real data sets, each with an offline fallback to data the course makes.
 
-- ``generated_corpus(n_chars, seed)``: short English stories written by the project's
-  own templates and word lists (no text copied from anywhere), deterministic, so every
-  notebook runs offline and gives the same numbers everywhere.
-- ``load_text(source)``: a text corpus: ``"generated"``, ``"tinyshakespeare"`` or
-  ``"sales_textbook"`` (Hugging Face hub), or a local ``.txt`` / ``.txt.gz`` file.
+- ``load_text(source)``: a text corpus: ``"stdlib"``, ``"generated"``, ``"tinyshakespeare"``
+  or ``"sales_textbook"`` (Hugging Face hub), a local ``.txt`` / ``.txt.gz`` file or a
+  folder holding ``input.txt``.
 - ``load_parallel(source, split)``: sentence pairs for translation: ``"talks"``
-  (TED talks en-de on the hub), ``"multi30k"``, ``"generated"`` (``course_lib.grammar``),
+  (TED talks en-de on the hub), ``"multi30k"``, ``"generated"`` (``course_lib.data.grammar``),
   a local prefix ``.../train`` (reads ``train.en[.gz]`` + ``train.de[.gz]``, line i of one
   is the translation of line i of the other) or two explicit paths.
+- ``load_pairs(source, split)``: the translation trainer's view of ``load_parallel``:
+  held-out generated sentences, a local ``train`` prefix's ``val`` sibling.
 
 When the hub cannot be reached (or ``HF_HUB_OFFLINE=1``), a loader falls back within
 ``timeout`` seconds (5 by default) and prints one line saying what it used instead.
@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import gzip
 import os
-import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from course_lib import _stories
+from course_lib.data import grammar
+from course_lib.data.stdlib_docs import stdlib_docs
+from course_lib.data.stories import GENERATED_CHARS, generated_corpus
 
 HUB_TEXT = {  # name -> (hub dataset, config)
     "tinyshakespeare": ("karpathy/tiny_shakespeare", None),
@@ -35,26 +36,8 @@ HUB_PARALLEL = {  # name -> (hub dataset, config, {our split: hub split})
     "talks": ("sentence-transformers/parallel-sentences-talks", "en-de", {"train": "train", "val": "dev", "test": "dev"}),
     "multi30k": ("bentrevett/multi30k", None, {"train": "train", "val": "validation", "test": "test"}),
 }
-GENERATED_CHARS = 1_000_000
 GENERATED_PAIRS = 20_000
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
-
-
-def generated_corpus(n_chars: int = GENERATED_CHARS, seed: int = 0) -> str:
-    """Exactly ``n_chars`` characters of generated stories, separated by blank lines.
-
-    Deterministic: the same ``(n_chars, seed)`` always gives the same text, and a
-    shorter corpus is a prefix of a longer one with the same seed.
-    """
-    if not isinstance(n_chars, int) or n_chars < 0:
-        raise ValueError(f"n_chars must be an integer >= 0, got {n_chars!r}")
-    rng = random.Random(seed)
-    parts, length = [], 0
-    while length < n_chars:
-        story = _stories.story(rng) + "\n\n"
-        parts.append(story)
-        length += len(story)
-    return "".join(parts)[:n_chars]
 
 
 @dataclass
@@ -116,11 +99,11 @@ def _hub_offline() -> str | None:
     return None
 
 
-def _hub_reachable(repo: str, timeout: float) -> None:
+def _hub_describe(repo: str, timeout: float, repo_type: str) -> None:
     """Raise if the hub does not describe ``repo`` (called in a thread with a time limit)."""
     from huggingface_hub import HfApi
 
-    HfApi().dataset_info(repo, timeout=timeout)
+    HfApi().repo_info(repo, repo_type=repo_type, timeout=timeout)
 
 
 def _hub_rows(repo: str, config, split: str, max_rows: int | None) -> list[dict]:
@@ -133,12 +116,13 @@ def _hub_rows(repo: str, config, split: str, max_rows: int | None) -> list[dict]
     return [row for _, row in zip(range(max_rows), stream)]
 
 
-def _try_hub(repo: str, timeout: float) -> str | None:
-    """None if the hub answers about ``repo`` within ``timeout`` s, else why not."""
+def hub_unavailable(repo: str, timeout: float = 5.0, repo_type: str = "dataset") -> str | None:
+    """None if the hub answers about ``repo`` within ``timeout`` s, else why not
+    (``HF_HUB_OFFLINE=1``, no answer, unknown repository, ...)."""
     offline = _hub_offline()
     if offline:
         return offline
-    _, error = call_with_timeout(lambda: _hub_reachable(repo, timeout), timeout)
+    _, error = call_with_timeout(lambda: _hub_describe(repo, timeout, repo_type), timeout)
     return error
 
 
@@ -163,7 +147,13 @@ def read_text_file(path) -> str:
 
 def load_text(source: str = "tinyshakespeare", max_chars: int | None = None, timeout: float = 5.0,
               verbose: bool = True) -> TextData:
-    """A text corpus: ``"generated"``, a hub name in ``HUB_TEXT``, or a local file path."""
+    """A text corpus: ``"stdlib"`` (the standard library's docstrings, offline, always
+    there), ``"generated"``, a hub name in ``HUB_TEXT``, a local ``.txt``/``.gz`` file, or a
+    folder holding ``input.txt``."""
+    if source == "stdlib":
+        return TextData(stdlib_docs(max_chars), "docstrings of the Python standard library (read at run time)")
+    if Path(source).is_dir() and (Path(source) / "input.txt").is_file():
+        source = str(Path(source) / "input.txt")
     if source == "generated":
         n = GENERATED_CHARS if max_chars is None else max_chars
         return TextData(generated_corpus(n), f"generated corpus ({n:,} characters)")
@@ -172,7 +162,7 @@ def load_text(source: str = "tinyshakespeare", max_chars: int | None = None, tim
         if local and local.is_file():
             return TextData(read_text_file(local)[:max_chars], f"{source} (local copy {local})")
         repo, config = HUB_TEXT[source]
-        why = _try_hub(repo, timeout)
+        why = hub_unavailable(repo, timeout)
         if why is None:
             try:
                 rows = []
@@ -195,8 +185,8 @@ def load_text(source: str = "tinyshakespeare", max_chars: int | None = None, tim
     if path.is_file():
         return TextData(read_text_file(path)[:max_chars], str(path))
     raise ValueError(
-        f"unknown text source {source!r}: use 'generated', one of {sorted(HUB_TEXT)}, "
-        "or the path of an existing .txt / .txt.gz file."
+        f"unknown text source {source!r}: use 'stdlib', 'generated', one of {sorted(HUB_TEXT)}, "
+        "the path of an existing .txt / .txt.gz file, or a folder holding input.txt."
     )
 
 
@@ -224,8 +214,6 @@ def read_parallel_files(src_path, tgt_path, max_pairs: int | None = None) -> lis
 
 def generated_pairs(n: int, split: str = "train", seed: int = 0) -> list[tuple[str, str]]:
     """``n`` (English, German) pairs from the course's grammar, one seed per split."""
-    from course_lib import grammar
-
     return [tuple(p) for p in grammar.generate_pairs(n, seed + 1000 * SPLIT_SEEDS.get(split, 3))]
 
 
@@ -251,7 +239,7 @@ def load_parallel(source="talks", split: str = "train", max_pairs: int | None = 
         repo, config, splits = HUB_PARALLEL[source]
         if source == "talks":  # one config per language pair, English first: en-de, en-fr, ...
             config = "en-" + (tgt_lang if src_lang == "en" else src_lang)
-        why = _try_hub(repo, timeout)
+        why = hub_unavailable(repo, timeout)
         if why is None:
             try:
                 rows = _hub_rows(repo, config, splits[split], max_pairs)
@@ -279,3 +267,28 @@ def load_parallel(source="talks", split: str = "train", max_pairs: int | None = 
         "a local prefix such as data/multi30k/train (for train.en[.gz] + train.de[.gz]), "
         "or a tuple (src_path, tgt_path)."
     )
+
+
+def load_pairs(source: str, split: str = "train", n: int | None = None, seed: int = 0,
+               n_train: int = 20000) -> list[tuple[str, str]]:
+    """(English, German) pairs from ``source``; ``split``: "train" or "val".
+
+    ``"generated"``: ``grammar.train_test_split``, so the "val" sentences never occur in
+    the ``n_train`` training pairs. Anything else goes through ``course_lib.data.load_parallel``; a
+    local prefix ``.../train`` reads ``.../val`` (or ``valid``, ``dev``) for "val".
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}.")
+    if source == "generated":
+        if split == "train":
+            return grammar.generate_pairs(n or n_train, seed)
+        return grammar.train_test_split(n_train, n or 400, seed)[1]
+    if split == "val" and Path(source).name == "train" and Path(source).parent.is_dir():
+        for name in ("val", "valid", "dev"):
+            sibling = Path(source).with_name(name)
+            if any(Path(f"{sibling}.en{gz}").exists() for gz in ("", ".gz")):
+                return list(load_parallel(str(sibling), "val", max_pairs=n))
+        raise FileNotFoundError(f"no validation files beside {source} (val.en/.de, valid.*, dev.*); "
+                                "pass them with valid_data / --valid-data.")
+    pairs = load_parallel(source, split, max_pairs=n)
+    return [(s.strip(), t.strip()) for s, t in pairs if s.strip() and t.strip()]

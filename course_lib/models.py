@@ -1,0 +1,108 @@
+"""One way to load a trained model: a run folder (or its checkpoint file) gives back the
+model, its tokenizer and its config, whichever kind it is.
+
+The kinds of model are a fixed registry, here in the library: a checkpoint's
+``model_type`` selects one of them and nothing else. Nothing read from a checkpoint,
+config or tokenizer file imports a module or names code to run; the files are data
+(safetensors tensors, JSON).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from course_lib.checkpoint import load_checkpoint, resolve_checkpoint
+from course_lib.gpt import GPT, GPTConfig
+from course_lib.tokenizer import Tokenizer, load_tokenizer
+from course_lib.transformer import Transformer, TransformerConfig
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A kind of model the course trains: its config and model classes, and the commands
+    that train it and use it."""
+
+    config: type
+    model: type
+    trained_by: str
+    used_by: str
+
+
+KINDS: dict[str, ModelKind] = {
+    "gpt": ModelKind(GPTConfig, GPT, "python -m course_lib train gpt", "python -m course_lib generate"),
+    "transformer": ModelKind(TransformerConfig, Transformer, "python -m course_lib train translate",
+                             "python -m course_lib translate"),
+}
+
+# Parameter names of course_lib 0.1 checkpoints -> today's (one naming scheme since 0.2).
+LEGACY_NAMES = [
+    (r"^tok_emb\.", "tok_embed."), (r"^pos_emb\.", "pos_embed."), (r"^blocks\.", "layers."),
+    (r"^ln_f\.", "final_norm."), (r"^lm_head\.", "out_proj."), (r"\.attn\.", ".self_attn."),
+    (r"\.ln_1\.", ".self_attn_norm."), (r"\.ln_2\.", ".ff_norm."), (r"\.mlp\.c_fc\.", ".ff.w_1."),
+    (r"\.mlp\.c_proj\.", ".ff.w_2."), (r"\.ff\.linear1\.", ".ff.w_1."), (r"\.ff\.linear2\.", ".ff.w_2."),
+]
+LEGACY_DECODER_NORMS = {"norm1": "self_attn_norm", "norm2": "cross_attn_norm", "norm3": "ff_norm"}
+LEGACY_ENCODER_NORMS = {"norm1": "self_attn_norm", "norm2": "ff_norm"}
+
+
+def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the parameters of a checkpoint written by course_lib 0.1 (no-op otherwise)."""
+    out = {}
+    for key, value in state.items():
+        for old, new in LEGACY_NAMES:
+            key = re.sub(old, new, key)
+        norms = LEGACY_DECODER_NORMS if key.startswith("decoder_layers.") else LEGACY_ENCODER_NORMS
+        match = re.search(r"\.(norm[123])\.", key)
+        if match and match.group(1) in norms:
+            key = key.replace(match.group(0), f".{norms[match.group(1)]}.")
+        out[key] = value
+    return out
+
+
+@dataclass
+class Trained:
+    """A trained model with everything needed to use it."""
+
+    model: nn.Module
+    tokenizer: Tokenizer | None
+    config: dict
+    kind: str
+    path: Path
+    train_state: dict = field(default_factory=dict, repr=False)
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu", kind: str | None = None,
+                 command: str | None = None) -> Trained:
+    """The model of a run folder or checkpoint file, in eval mode, with its tokenizer
+    (``tokenizer.json`` beside the checkpoint, or None) and config.
+
+    ``kind``: the kind the caller needs ("gpt", "transformer"); another kind is an error
+    that says which kind the checkpoint holds and which command uses it (``command``: the
+    caller's name, for that message).
+    """
+    file = resolve_checkpoint(path)
+    ckpt = load_checkpoint(file, device=device)
+    config = dict(ckpt["config"])
+    model_type = config.get("model_type")
+    if model_type not in KINDS:
+        raise ValueError(f"{file} holds a model of type {model_type!r}, which is not one of the course's "
+                         f"kinds {sorted(KINDS)}; give a checkpoint written by `python -m course_lib train`.")
+    found = KINDS[model_type]
+    if kind is not None and model_type != kind:
+        raise ValueError(f"{path} holds a {model_type!r} model (trained by `{found.trained_by}`), not a "
+                         f"{kind!r} model{f' for `{command}`' if command else ''}; use `{found.used_by} {path}` "
+                         "for this one.")
+    model = found.model(found.config.from_dict(config))
+    try:
+        model.load_state_dict(upgrade_state_dict(ckpt["model"]))
+    except RuntimeError as exc:
+        raise ValueError(f"{file}: the weights do not fit its own config ({str(exc).splitlines()[0]}); "
+                         "the file is damaged or was edited: retrain or use another checkpoint.") from None
+    tok_file = file.with_name("tokenizer.json")
+    tokenizer = load_tokenizer(tok_file) if tok_file.exists() else None
+    return Trained(model.to(device).eval(), tokenizer, config, model_type, file, ckpt["train_state"])

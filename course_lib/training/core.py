@@ -1,0 +1,321 @@
+"""What both training loops share: settings, the run folder, checkpoints and resume,
+learning-rate schedules, evaluation cadence, progress and logging, the loss plot, and
+the command line built from the settings.
+
+The loops themselves (``course_lib.training.gpt`` and ``course_lib.training.translation``)
+stay short and explicit; everything here is plumbing they call.
+
+A run folder holds ``checkpoint.safetensors`` (weights, optimizer, RNG and training state;
+safetensors + JSON, never pickle, written atomically), ``config.json`` (the model's
+config, for people to read), ``tokenizer.json`` and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from course_lib import scaleout as D
+from course_lib.checkpoint import CHECKPOINT, check_config, read_metadata, resolve_checkpoint
+from course_lib.env import progress_disabled
+from course_lib.training.precision import PRECISIONS, Precision
+
+TOKENIZER = "tokenizer.json"
+
+
+def _help(text: str, **extra) -> dict:
+    return {"metadata": {"help": text, **extra}}
+
+
+@dataclass
+class TrainConfig:
+    """The settings both training commands share: the same name (and flag) for the same idea.
+
+    ``batch_size`` is the global batch of one optimizer step, whatever the number of
+    processes (split over ranks) and of ``grad_accum`` micro-batches (split again), so a
+    run gives the same result on 1 or N processes, with or without accumulation.
+    """
+
+    data: str = field(default="", **_help("where the text comes from"))
+    out: str | None = field(default=None, **_help("run folder: checkpoint.safetensors, config.json, "
+                                                  "tokenizer.json, loss.png"))
+    steps: int | None = field(default=None, **_help("optimizer steps: the length of the schedule"))
+    batch_size: int = field(default=16, **_help("examples per optimizer step (all ranks and micro-batches)"))
+    grad_accum: int = field(default=1, **_help("micro-batches per step (less memory, same result)"))
+    lr: float | None = field(default=None, **_help("peak learning rate"))
+    warmup: int = field(default=100, **_help("steps of linear learning-rate warmup"))
+    grad_clip: float = field(default=1.0, **_help("clip the global gradient norm to this (0: off)"))
+    eval_every: int = field(default=100, **_help("evaluate, log and checkpoint every N steps"))
+    seed: int = field(default=1337, **_help("seed of the initial weights, the batches and dropout"))
+    device: str | None = field(default=None, **_help("cpu, cuda, cuda:1, mps (default: the best found)"))
+    precision: str = field(default="auto", **_help("auto: bf16 on Ampere+, fp16 + scaler on 7.x, fp32 "
+                                                   "elsewhere", choices=PRECISIONS))
+    compile: bool | None = field(default=None, **_help("torch.compile the model (default: on CUDA GPUs)"))
+    fsdp: bool = field(default=False, **_help("under torchrun: shard with FSDP instead of DDP"))
+    progress: bool = field(default=True, **_help("show a progress bar"))
+
+    def __post_init__(self):
+        problems = []
+        for name in ("batch_size", "grad_accum", "warmup", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "warmup" else 1):
+                problems.append(f"{name}={value!r} must be an integer >= {0 if name == 'warmup' else 1}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            problems.append(f"steps={self.steps!r} must be an integer >= 1")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            problems.append(f"lr={self.lr!r} must be > 0")
+        if not (isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0):
+            problems.append(f"grad_clip={self.grad_clip!r} must be >= 0 (0 switches clipping off)")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision={self.precision!r} must be one of {PRECISIONS}")
+        if isinstance(self.batch_size, int) and isinstance(self.grad_accum, int) and \
+                self.grad_accum >= 1 and self.batch_size % self.grad_accum:
+            problems.append(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}; "
+                            "each micro-batch must have as many examples")
+        problems += self.check()
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems) + ".")
+
+    def check(self) -> list[str]:
+        """Problems with the settings a subclass adds (none here)."""
+        return []
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}.")
+        return cls(**d)
+
+
+def new_state(cfg: TrainConfig) -> dict:
+    """The training state a checkpoint carries (JSON): step, losses, evaluations."""
+    return {"step": 0, "train_losses": [], "evals": [], "precision": {}, "train_config": asdict(cfg)}
+
+
+# ---- learning rate -------------------------------------------------------------------------
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def cosine_lr(step: int, lr: float, min_lr: float, warmup: int, steps: int) -> float:
+    """Linear warmup over ``warmup`` steps, then a cosine from ``lr`` down to ``min_lr`` (GPT)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (lr - min_lr)
+
+
+def noam_lr(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
+    """The paper's schedule: ``d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)`` (5.3),
+    linear warmup then decay with the inverse square root of the step (1-based)."""
+    step, warmup = max(step, 1), max(warmup, 1)
+    return scale * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+
+
+# ---- batches ---------------------------------------------------------------------------------
+
+def micro_batches(items, grad_accum: int) -> list:
+    """``items`` (a tensor's rows or a list) cut into ``grad_accum`` consecutive parts whose
+    sizes differ by at most one; together they are ``items``."""
+    n = len(items)
+    if n < grad_accum:
+        raise ValueError(f"{n} example(s) cannot fill {grad_accum} micro-batches; "
+                         "use a larger --batch-size or a smaller --grad-accum.")
+    base, extra = divmod(n, grad_accum)
+    bounds = [m * base + min(m, extra) for m in range(grad_accum + 1)]
+    return [items[bounds[m]:bounds[m + 1]] for m in range(grad_accum)]
+
+
+# ---- the run folder, checkpoints, resume -----------------------------------------------------
+
+class RunFolder:
+    """Where a run keeps its files. Checked before any work starts: a path that is a file,
+    or a folder that cannot be written, is an error at once, not after training."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"the output folder {self.path} is a file; give --out a folder name.")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise ValueError(f"cannot write to the output folder {self.path} ({exc.strerror}); "
+                             "choose another --out.") from None
+        self.checkpoint = self.path / CHECKPOINT
+        self.tokenizer = self.path / TOKENIZER
+
+    def existing_checkpoint(self) -> Path | None:
+        """The checkpoint a resumed run continues from (older runs' file names too)."""
+        try:
+            return resolve_checkpoint(self.path)
+        except FileNotFoundError:
+            return None
+
+    def require_checkpoint(self) -> Path:
+        found = self.existing_checkpoint()
+        if found is None:
+            raise FileNotFoundError(f"--resume: there is no checkpoint in {self.path}; "
+                                    "start the run without --resume, or point --out at the run to continue.")
+        return found
+
+
+def save_run(run: RunFolder, model, optimizer, state: dict, precision: Precision, tokenizer=None) -> None:
+    """Checkpoint the run (every rank calls it: the full state is gathered; rank 0 writes)."""
+    state["precision"] = precision.state_dict()
+    D.save(run.checkpoint, model, model.config.to_dict(), optimizer, state)
+    if tokenizer is not None and D.current().is_main:
+        tokenizer.save(run.tokenizer)
+
+
+def resume_run(run: RunFolder, model, optimizer, precision: Precision, cfg: TrainConfig) -> dict:
+    """Load the run's checkpoint into ``model`` and ``optimizer`` (plain, DDP or FSDP),
+    restore the RNG and the precision's scaler; returns the training state."""
+    path = run.require_checkpoint()
+    check_config(model.config.to_dict(), read_metadata(path)["config"], path)
+    ckpt = D.load(path, model, optimizer)
+    state = {**new_state(cfg), **ckpt["train_state"], "train_config": asdict(cfg)}
+    precision.load_state_dict(state["precision"])
+    log(f"resumed from {path} at step {state['step']}")
+    return state
+
+
+# ---- progress and logging --------------------------------------------------------------------
+
+def log(msg: str) -> None:
+    """Print on rank 0 only, without breaking a progress bar."""
+    if D.current().is_main:
+        from tqdm import tqdm
+
+        tqdm.write(msg)
+
+
+class Progress:
+    """A progress bar on rank 0 (off with ``progress=False`` or ``TQDM_DISABLE=1``)."""
+
+    def __init__(self, total: int, initial: int, cfg: TrainConfig, desc: str = "training"):
+        from tqdm import tqdm
+
+        disable = not cfg.progress or progress_disabled() or not D.current().is_main
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=disable)
+
+    def update(self, **postfix) -> None:
+        self.bar.update(1)
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def is_eval_step(step: int, cfg: TrainConfig, last_step: int) -> bool:
+    """Evaluate, log and checkpoint every ``eval_every`` steps and after the last one."""
+    return step % cfg.eval_every == 0 or step == last_step
+
+
+def plot_losses(state: dict, title: str = "training"):
+    """Training loss at each step (faint) and the evaluated losses, against steps."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    if state["train_losses"]:
+        steps, losses = zip(*state["train_losses"])
+        ax.plot(steps, losses, color="tab:blue", alpha=0.35, lw=0.8, label="training (each step)")
+    evals = state["evals"]
+    if any("train" in e for e in evals):
+        ax.plot([e["step"] for e in evals], [e["train"] for e in evals], "o-", color="tab:blue",
+                label="training (evaluated)")
+    if evals:
+        ax.plot([e["step"] for e in evals], [e["val"] for e in evals], "s-", color="tab:orange", label="validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# ---- the command line, built from the settings -----------------------------------------------
+
+class UsageError(ValueError):
+    """A mistake in what the user typed or pointed at; commands print it as one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake as one ``error: ...`` line (exit 2), every flag's
+    default shown in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "", title: str | None = None,
+                         skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per field of the dataclass ``cls`` (``batch_size`` -> ``--batch-size``),
+    with its help text and default; booleans get ``--x/--no-x``. Unset flags stay None,
+    so a ``--config`` file and the defaults can fill them."""
+    group = parser.add_argument_group(title) if title else parser
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not MISSING else None
+        help_text = f.metadata.get("help", "") + f" (default: {default})"
+        flag, dest = "--" + f.name.replace("_", "-"), prefix + f.name
+        base = str(f.type).replace(" | None", "")
+        if base == "bool":
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=dest, type=_TYPES.get(base, str), default=None,
+                               choices=f.metadata.get("choices"), help=help_text)
+
+
+def given(args: argparse.Namespace, cls, prefix: str = "") -> dict:
+    """The fields of ``cls`` that were given on the command line."""
+    return {f.name: getattr(args, prefix + f.name) for f in fields(cls)
+            if getattr(args, prefix + f.name, None) is not None}
+
+
+def read_json(path: str | Path, what: str) -> dict:
+    """A JSON object from a file, or a clear error naming the file."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {what} file at {path}; check the path.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a valid JSON {what} file ({exc}); fix or recreate it.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object of settings.")
+    return value
+
+
+def run_command(main, argv=None) -> int:
+    """Run a command's ``main(argv)``; a user's mistake becomes one ``error:`` line, exit 2."""
+    try:
+        return main(argv) or 0
+    except (ValueError, OSError, IndexError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,266 @@
+"""Training a GPT: AdamW, warmup + cosine learning rate, clipping, accumulation, mixed
+precision, torch.compile, evaluation, checkpoints and exact resume.
+
+    "We used the Adam optimization scheme with a max learning rate of 2.5e-4. The learning
+    rate was increased linearly from zero over the first 2000 updates and annealed to 0
+    using a cosine schedule."  (Radford et al., 2018, GPT-1, section 4.1)
+
+Data order is a pure function of (seed, step), so a resumed run draws exactly the
+batches the uninterrupted run would have; the checkpoint also restores the optimizer and
+the RNG state (dropout). The plumbing (run folder, checkpoints, precision, progress) is
+``course_lib.training.core``; this file is the loop.
+
+    python -m course_lib train gpt --preset tiny --data stdlib --steps 500
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from course_lib import scaleout as D
+from course_lib.env import get_device
+from course_lib.gpt import GPT, PRESETS, GPTConfig
+from course_lib.training.core import (
+    Parser,
+    Progress,
+    RunFolder,
+    TrainConfig,
+    add_config_arguments,
+    cosine_lr,
+    given,
+    is_eval_step,
+    log,
+    micro_batches,
+    new_state,
+    plot_losses,
+    read_json,
+    resume_run,
+    save_run,
+    set_lr,
+)
+from course_lib.training.precision import choose_precision, compile_model
+
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12}
+
+
+def _help(text: str, **extra) -> dict:
+    return {"metadata": {"help": text, **extra}}
+
+
+@dataclass
+class GPTTrainConfig(TrainConfig):
+    data: str = field(default="stdlib", **_help("'stdlib' (offline), a .txt/.gz file or a folder with "
+                                                "input.txt, 'generated', or 'tinyshakespeare' (hub)"))
+    steps: int | None = field(default=1000, **_help("optimizer steps: the length of the schedule"))
+    lr: float | None = field(default=1e-3, **_help("peak learning rate"))
+    max_chars: int | None = field(default=None, **_help("use only the first N characters of the text"))
+    tokenizer: str | None = field(default=None, **_help("char or gpt2 (default: gpt2 for presets with "
+                                                        "GPT-2's vocabulary, else char)", choices=("char", "gpt2")))
+    min_lr: float | None = field(default=None, **_help("end of the cosine (default: lr / 10)"))
+    weight_decay: float = field(default=0.1, **_help("AdamW weight decay on matrices"))
+    beta1: float = field(default=0.9, **_help("AdamW beta1"))
+    beta2: float = field(default=0.95, **_help("AdamW beta2"))
+    eval_batches: int = field(default=20, **_help("batches per evaluation of each split"))
+    target_loss: float | None = field(default=None, **_help("stop once the validation loss is at or below this"))
+
+    def check(self) -> list[str]:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            return [f"steps={self.steps!r} must be an integer >= 1"]
+        if not isinstance(self.eval_batches, int) or self.eval_batches < 1:
+            return [f"eval_batches={self.eval_batches!r} must be an integer >= 1"]
+        return []
+
+
+@dataclass
+class TokenData:
+    train: torch.Tensor  # 1-D int64 token ids
+    val: torch.Tensor
+
+
+def prepare_data(text: str, tokenizer, val_fraction: float = 0.1) -> TokenData:
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    n_val = max(int(len(ids) * val_fraction), 1)
+    return TokenData(ids[:-n_val], ids[-n_val:])
+
+
+def get_batch(tokens: torch.Tensor, batch_size: int, block_size: int, seed: int, step: int,
+              split: int = 0, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` random windows of ``block_size + 1`` tokens -> inputs and next-token
+    targets. The offsets depend only on the arguments, never on earlier calls."""
+    if len(tokens) <= block_size + 1:
+        raise ValueError(f"only {len(tokens)} tokens, fewer than one window of {block_size + 1}; use more text.")
+    g = torch.Generator().manual_seed(hash((seed, split, step)) & (2**62 - 1))
+    start = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=g)
+    chunk = tokens[start[:, None] + torch.arange(block_size + 1)]
+    if torch.device(device).type == "cuda":
+        chunk = chunk.pin_memory().to(device, non_blocking=True)
+    else:
+        chunk = chunk.to(device)
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def configure_optimizer(model: torch.nn.Module, cfg: GPTTrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (2-D: linear layers, embeddings) only, not on biases
+    and LayerNorm gains. Fused kernel on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra)
+
+
+def lr_at(step: int, cfg: GPTTrainConfig) -> float:
+    return cosine_lr(step, cfg.lr, cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr, cfg.warmup, cfg.steps)
+
+
+def estimate_mfu(flops_per_token: float, tokens_per_s: float, device: torch.device) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over the GPU's bf16 peak (None if unknown)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return None if peak is None else flops_per_token * tokens_per_s / peak
+
+
+@torch.no_grad()
+def evaluate(model, data: TokenData, cfg: GPTTrainConfig, device, precision) -> dict[str, float]:
+    """Mean loss over ``eval_batches`` fixed batches of each split."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for split, tokens in (("train", data.train), ("val", data.val)):
+        total = torch.zeros((), device=device)
+        for i in range(cfg.eval_batches):
+            x, y = get_batch(tokens, cfg.batch_size, model.config.block_size, cfg.seed, i,
+                             split=1 + (split == "val"), device=device)
+            with precision.autocast():
+                total += model(x, y)[1]
+        out[split] = (total / cfg.eval_batches).item()
+    model.train(was_training)
+    return out
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+def train(model: GPT, data: TokenData, cfg: GPTTrainConfig, tokenizer=None, resume: bool = False,
+          until_step: int | None = None) -> dict:
+    """Train ``model`` for ``cfg.steps`` optimizer steps (or up to ``until_step``, as if
+    interrupted there). Returns the training state: ``step``, ``train_losses`` ([step,
+    loss] per step), ``evals`` (dicts), ``stopped`` (why it ended)."""
+    device = get_device(cfg.device)
+    ctx = D.current(device)
+    run = RunFolder(cfg.out) if cfg.out else None
+    model.to(device)
+    step_model = D.wrap_model(model, ctx, "fsdp" if cfg.fsdp else "ddp")  # before the optimizer
+    step_model = compile_model(step_model, cfg.compile, device, log)
+    optimizer = configure_optimizer(model, cfg, device)
+    precision = choose_precision(cfg.precision, device)
+    state = resume_run(run, model, optimizer, precision, cfg) if resume else new_state(cfg)
+    block_size = model.config.block_size
+    last_step = min(cfg.steps, until_step or cfg.steps)
+    progress = Progress(last_step, state["step"], cfg)
+    pending = []  # (step, loss on the device): read at evaluations, not at every step
+    t0, t0_step, state["stopped"] = time.perf_counter(), state["step"], "steps"
+    model.train()
+    for step in range(state["step"] + 1, last_step + 1):
+        set_lr(optimizer, lr_at(step - 1, cfg))
+        x, y = get_batch(data.train, cfg.batch_size, block_size, cfg.seed, step - 1, device=device)
+        x, y = D.shard(x, ctx, cfg.grad_accum), D.shard(y, ctx, cfg.grad_accum)  # this rank's rows
+        step_loss = torch.zeros((), device=device)
+        micro_x, micro_y = micro_batches(x, cfg.grad_accum), micro_batches(y, cfg.grad_accum)
+        for micro, (xm, ym) in enumerate(zip(micro_x, micro_y)):
+            with D.sync_gradients(step_model, sync=micro == cfg.grad_accum - 1):  # talk on the last
+                with precision.autocast():
+                    _, loss = step_model(xm, ym)
+                precision.backward(loss / cfg.grad_accum)
+            step_loss += loss.detach() / cfg.grad_accum
+        precision.step(optimizer, lambda max_norm: D.clip_grad_norm(model, max_norm), cfg.grad_clip)
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] = step
+        pending.append((step, D.average(step_loss, ctx)))
+        progress.update()
+        if is_eval_step(step, cfg, last_step):
+            values = torch.stack([v for _, v in pending]).tolist()  # one wait for the device
+            state["train_losses"] += [[s, round(v, 6)] for (s, _), v in zip(pending, values)]
+            pending = []
+            tps = (step - t0_step) * cfg.batch_size * block_size / max(time.perf_counter() - t0, 1e-9)
+            losses = evaluate(step_model, data, cfg, device, precision)
+            mfu = estimate_mfu(model.flops_per_token(), tps / ctx.world_size, device)
+            state["evals"].append({"step": step, **losses, "lr": lr_at(step - 1, cfg), "tokens_per_s": tps,
+                                   "mfu": mfu})
+            log(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}, {tps:,.0f} tokens/s"
+                + (f", MFU {100 * mfu:.1f}%" if mfu else ""))
+            reached = cfg.target_loss is not None and losses["val"] <= cfg.target_loss
+            if reached:
+                state["stopped"] = f"target validation loss {cfg.target_loss} reached"
+            if run is not None:
+                save_run(run, model, optimizer, state, precision, tokenizer)
+            if reached:
+                break
+            t0, t0_step = time.perf_counter(), step
+    progress.close()
+    return state
+
+
+# ---- command line --------------------------------------------------------------------------
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m course_lib train gpt", description="Train a GPT (notebook 08).")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size")
+    p.add_argument("--config", help="JSON file of settings: training fields and model fields (GPTConfig)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--until-step", type=int, default=None, help="stop (and save) at this step, as if interrupted")
+    add_config_arguments(p, GPTTrainConfig, title="training")
+    add_config_arguments(p, GPTConfig, prefix="model_", title="model (overrides the preset)",
+                         skip=("model_type", "vocab_size"))
+    return p
+
+
+def command(argv=None) -> int:
+    """``python -m course_lib train gpt``: text -> tokenizer -> GPT -> trained run folder."""
+    from course_lib.data import load_text
+    from course_lib.tokenizer import CharTokenizer, TiktokenTokenizer, load_tokenizer
+
+    args = build_parser().parse_args(argv)
+    file_values = read_json(args.config, "settings") if args.config else {}
+    model_names = set(GPTConfig.__dataclass_fields__)
+    train_values = {k: v for k, v in file_values.items() if k not in model_names}
+    train_values = {"out": "runs/gpt", **train_values, **given(args, GPTTrainConfig)}
+    cfg = GPTTrainConfig.from_dict(train_values)
+    run = RunFolder(cfg.out)  # checked before any work: a file, or not writable, is an error now
+    if args.resume:
+        run.require_checkpoint()
+    if args.until_step is not None and args.until_step < 1:
+        raise ValueError(f"--until-step {args.until_step} must be >= 1.")
+    D.setup(cfg.device)  # joins torchrun's process group, if any
+    model_values = {**PRESETS[args.preset], **{k: v for k, v in file_values.items() if k in model_names},
+                    **given(args, GPTConfig, "model_")}
+    text = load_text(cfg.data, max_chars=cfg.max_chars)
+    if args.resume and run.tokenizer.exists():
+        tokenizer = load_tokenizer(run.tokenizer)  # the run's own vocabulary
+    else:
+        kind = cfg.tokenizer or ("gpt2" if "vocab_size" in PRESETS[args.preset] else "char")
+        tokenizer = TiktokenTokenizer("gpt2") if kind == "gpt2" else CharTokenizer.from_text(text.text)
+    if "vocab_size" not in file_values:
+        v = tokenizer.vocab_size  # GPT-2's 50,257 rounded up to 50,304 on CUDA: faster matmuls
+        model_values["vocab_size"] = -(-v // 64) * 64 if v > 1000 and get_device(cfg.device).type == "cuda" else v
+    model_cfg = GPTConfig.from_dict(model_values)
+    data = prepare_data(text.text, tokenizer)
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg)
+    log(f"data: {text.source} ({len(text.text):,} characters, {len(data.train):,} training tokens)")
+    log(f"model: {model.num_parameters():,} parameters; {model_cfg}")
+    state = train(model, data, cfg, tokenizer=tokenizer, resume=args.resume, until_step=args.until_step)
+    if D.current().is_main and state["evals"]:
+        from course_lib.plotting import save_figure
+
+        save_figure(plot_losses(state, "GPT training"), Path(cfg.out) / "loss", formats=("png",))
+        log(f"done at step {state['step']} ({state['stopped']}): val loss {state['evals'][-1]['val']:.4f}; "
+            f"run folder {cfg.out} (sample: python -m course_lib generate {cfg.out})")
+    return 0

@@ -1,0 +1,351 @@
+"""Training the encoder-decoder Transformer for translation (notebook 07 and the command).
+
+    "We used the Adam optimizer with beta1 = 0.9, beta2 = 0.98 and epsilon = 10^-9. We
+    varied the learning rate over the course of training, according to the formula:
+    lrate = d_model^-0.5 * min(step_num^-0.5, step_num * warmup_steps^-1.5)"  (5.3)
+
+    "During training, we employed label smoothing of value eps_ls = 0.1."  (5.4)
+
+    "Sentence pairs were batched together by approximate sequence length."  (5.1)
+
+One function, ``train``, serves the notebook and ``python -m course_lib train translate``:
+length-grouped padded batches, the warmup schedule, label smoothing, and the shared
+plumbing of ``course_lib.training.core`` (run folder, checkpoints and exact resume,
+precision, progress). One tokenizer with a joint vocabulary serves both languages, so the
+embeddings can be shared.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from course_lib import scaleout as D
+from course_lib.env import get_device
+from course_lib.tokenizer import SPECIALS, BPETokenizer, WordTokenizer, special_ids
+from course_lib.training.core import (
+    Parser,
+    Progress,
+    RunFolder,
+    TrainConfig,
+    add_config_arguments,
+    given,
+    is_eval_step,
+    log,
+    micro_batches,
+    new_state,
+    noam_lr,
+    plot_losses,
+    read_json,
+    resume_run,
+    save_run,
+    set_lr,
+)
+from course_lib.training.precision import choose_precision, compile_model
+from course_lib.transformer import COURSE_MODEL_KEYS, TransformerConfig
+
+PRESETS = {
+    "small": dict(d_model=64, n_heads=4, n_layers=2, d_ff=128, dropout=0.0, max_len=64),  # CPU, notebook 07
+    "base": {},  # the paper's base model: TransformerConfig's defaults (Table 3)
+}
+# The training names of the original seq2seq course's JSON config -> ours.
+COURSE_TRAIN_KEYS = {"train_data": "data", "learning_rate": "lr"}
+
+
+def _help(text: str, **extra) -> dict:
+    return {"metadata": {"help": text, **extra}}
+
+
+@dataclass
+class TranslationTrainConfig(TrainConfig):
+    data: str = field(default="generated", **_help("'generated' (offline), 'talks' (hub) or a local prefix "
+                                                   "such as ../shared/data/multi30k/train (PREFIX.en/.de[.gz])"))
+    steps: int | None = field(default=None, **_help("optimizer steps (default: epochs x steps per epoch)"))
+    batch_size: int = field(default=64, **_help("sentence pairs per optimizer step (all ranks and micro-batches)"))
+    warmup: int = field(default=4000, **_help("steps of linear learning-rate warmup"))
+    lr: float | None = field(default=None, **_help("peak learning rate (default: the paper's formula)"))
+    grad_clip: float = field(default=0.0, **_help("clip the global gradient norm to this (0: off, as the paper)"))
+    eval_every: int = field(default=250, **_help("evaluate, log and checkpoint every N steps"))
+    seed: int = field(default=0, **_help("seed of the initial weights, the batches and dropout"))
+    valid_data: str | None = field(default=None, **_help("validation pairs (default: the matching split of --data)"))
+    n_train: int = field(default=20000, **_help("training pairs to use (generated: how many to make)"))
+    n_valid: int = field(default=400, **_help("validation pairs to use"))
+    tokenizer: str = field(default="word", **_help("joint vocabulary: word or bpe", choices=("word", "bpe")))
+    bpe_vocab_size: int = field(default=8000, **_help("vocabulary size of --tokenizer bpe"))
+    epochs: int = field(default=10, **_help("passes over the data when --steps is not given"))
+    lr_scale: float = field(default=1.0, **_help("multiplies the paper's schedule (when --lr is not given)"))
+    label_smoothing: float = field(default=0.1, **_help("label smoothing (5.4)"))
+
+    def check(self) -> list[str]:
+        problems = [f"{name}={getattr(self, name)!r} must be an integer >= 1"
+                    for name in ("n_train", "n_valid", "epochs", "bpe_vocab_size")
+                    if not isinstance(getattr(self, name), int) or getattr(self, name) < 1]
+        if not (isinstance(self.label_smoothing, (int, float)) and 0.0 <= self.label_smoothing < 1.0):
+            problems.append(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+        return problems
+
+
+def load_config(source: str | Path | dict) -> tuple[dict, dict]:
+    """A JSON config (our names, or the original course's: ``train_data``, ``model_dim``,
+    ...) -> (training settings, model settings), both with our names."""
+    d = read_json(source, "config") if not isinstance(source, dict) else dict(source)
+    train_names = set(TranslationTrainConfig.__dataclass_fields__)
+    model_names = set(TransformerConfig.__dataclass_fields__)
+    train, model, unknown = {}, {}, []
+    for key, value in d.items():
+        name = COURSE_TRAIN_KEYS.get(key, COURSE_MODEL_KEYS.get(key, key))
+        target = train if name in train_names else model if name in model_names else None
+        if target is None:
+            unknown.append(key)
+        elif name in target and target[name] != value:
+            raise ValueError(f"config gives {name} twice with different values ({target[name]!r}, {value!r}).")
+        else:
+            target[name] = value
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(unknown)}; training keys: {sorted(train_names)} "
+                         f"(or {sorted(COURSE_TRAIN_KEYS)}); model keys: {sorted(model_names)} "
+                         f"(or {sorted(COURSE_MODEL_KEYS)}).")
+    TransformerConfig.from_dict({"src_vocab_size": 8, "tgt_vocab_size": 8, **model})  # mistakes now, not later
+    return train, model
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def build_tokenizer(pairs, kind: str = "word", vocab_size: int = 8000):
+    """One tokenizer for both languages, fitted on the training pairs."""
+    texts = [s for p in pairs for s in p]
+    if kind == "word":
+        return WordTokenizer.from_texts(texts, special_tokens=SPECIALS)
+    if kind == "bpe":
+        return BPETokenizer.train("\n".join(texts), vocab_size=vocab_size, special_tokens=SPECIALS)
+    raise ValueError(f"tokenizer kind {kind!r}: use 'word' or 'bpe'.")
+
+
+def encode_pairs(tokenizer, pairs, max_len: int):
+    """``[(src ids + <eos>, <bos> + tgt ids + <eos>)]``; pairs longer than ``max_len`` are
+    dropped. Returns (examples, number dropped)."""
+    ids = special_ids(tokenizer)
+    out, dropped = [], 0
+    for s, t in pairs:
+        src = tokenizer.encode(s) + [ids["<eos>"]]
+        tgt = [ids["<bos>"]] + tokenizer.encode(t) + [ids["<eos>"]]
+        if len(src) > max_len or len(tgt) > max_len or len(src) < 2:
+            dropped += 1
+            continue
+        out.append((src, tgt))
+    return out, dropped
+
+
+def make_batches(lengths: list[tuple[int, int]], batch_size: int, seed: int) -> list[list[int]]:
+    """Index batches of similar lengths: shuffle, sort within pools of 50 batches by
+    length, cut into batches, shuffle the batches. Deterministic in ``seed``."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = 50 * batch_size
+    batches = []
+    for i in range(0, len(order), pool):
+        chunk = sorted(order[i : i + pool], key=lambda j: lengths[j])
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples, idx: list[int], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad a batch: ``src (B, L_src)``, ``tgt (B, L_tgt)`` (``<bos> ... <eos>``)."""
+    srcs = [examples[i][0] for i in idx]
+    tgts = [examples[i][1] for i in idx]
+    src = torch.full((len(idx), max(map(len, srcs))), pad_id, dtype=torch.long)
+    tgt = torch.full((len(idx), max(map(len, tgts))), pad_id, dtype=torch.long)
+    for r, (s, t) in enumerate(zip(srcs, tgts)):
+        src[r, : len(s)] = torch.tensor(s)
+        tgt[r, : len(t)] = torch.tensor(t)
+    return src.to(device), tgt.to(device)
+
+
+def batch_loss(model, src, tgt, label_smoothing: float = 0.0, precision=None) -> torch.Tensor:
+    """Mean cross-entropy of predicting ``tgt[:, 1:]`` from ``tgt[:, :-1]`` (padding ignored)."""
+    with precision.autocast() if precision is not None else nullcontext():
+        logits = model(src, tgt[:, :-1])
+    return F.cross_entropy(logits.float().flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=model.config.pad_id,
+                           label_smoothing=label_smoothing)
+
+
+@torch.no_grad()
+def evaluate_loss(model, examples, batch_size: int = 64, precision=None) -> float:
+    """Validation cross-entropy per target token (no label smoothing)."""
+    if not examples:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for idx in make_batches([(len(s), len(t)) for s, t in examples], batch_size, seed=0):
+        src, tgt = collate(examples, idx, model.config.pad_id, device)
+        n = int((tgt[:, 1:] != model.config.pad_id).sum())
+        total += float(batch_loss(model, src, tgt, 0.0, precision)) * n
+        count += n
+    model.train(was_training)
+    return total / count
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfig, resume: bool = False,
+          until_step: int | None = None) -> dict:
+    """Train ``model`` on (source, target) text pairs, checkpointing into ``cfg.out`` (if
+    set). Returns the training state: ``step``, ``epoch``, ``train_losses`` ([step, loss]
+    per step), ``evals`` (dicts with the validation loss), ``steps_per_epoch``."""
+    device = get_device(cfg.device)
+    ctx = D.current(device)
+    run = RunFolder(cfg.out) if cfg.out else None
+    pad = special_ids(tokenizer)["<pad>"]
+    if pad != model.config.pad_id:
+        raise ValueError(f"the tokenizer's <pad> is id {pad} but the model's pad_id is {model.config.pad_id}; "
+                         "build the model with pad_id=tokenizer.special_tokens['<pad>'].")
+    examples, dropped = encode_pairs(tokenizer, train_pairs, model.config.max_len)
+    if dropped:
+        log(f"skipped {dropped} training pairs longer than max_len={model.config.max_len} tokens")
+    if not examples:
+        raise ValueError("no training pairs left (all empty or longer than max_len); check the data.")
+    valid, _ = encode_pairs(tokenizer, valid_pairs or [], model.config.max_len)
+    D.check_batches(cfg.batch_size, len(examples), ctx, cfg.grad_accum)
+    lengths = [(len(s), len(t)) for s, t in examples]
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    last_step = min(cfg.steps or cfg.epochs * steps_per_epoch, until_step or math.inf)
+    d_model = model.config.d_model
+    peak = noam_lr(cfg.warmup, d_model, cfg.warmup)  # the paper's schedule peaks at step = warmup
+
+    def lr_at(step: int) -> float:
+        scale = cfg.lr_scale if cfg.lr is None else cfg.lr / peak
+        return noam_lr(step, d_model, cfg.warmup, scale)
+
+    model.to(device)
+    step_model = D.wrap_model(model, ctx, "fsdp" if cfg.fsdp else "ddp")  # before the optimizer
+    step_model = compile_model(step_model, cfg.compile, device, log)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr_at(1), betas=(0.9, 0.98), eps=1e-9)
+    precision = choose_precision(cfg.precision, device)
+    state = {**new_state(cfg), "epoch": 0, "batch": 0}
+    if resume:
+        state = {"epoch": 0, "batch": 0, **resume_run(run, model, optimizer, precision, cfg)}
+    if run is not None and ctx.is_main:
+        tokenizer.save(run.tokenizer)
+    progress = Progress(last_step, state["step"], cfg)
+    model.train()
+    while state["step"] < last_step:
+        batches = make_batches(lengths, cfg.batch_size, seed=cfg.seed * 100003 + state["epoch"])
+        for idx in batches[state["batch"]:]:
+            step = state["step"] + 1
+            set_lr(optimizer, lr_at(step))
+            n_batch = sum(len(examples[i][1]) - 1 for i in idx)  # target tokens of the whole batch
+            parts = micro_batches(D.rank_part(idx, ctx), cfg.grad_accum)  # this rank's pairs, cut up
+            step_loss = torch.zeros((), device=device)
+            for m, part in enumerate(parts):
+                src, tgt = collate(examples, part, pad, device)
+                # this micro-batch's share of the batch's mean loss (DDP averages over ranks)
+                weight = int((tgt[:, 1:] != pad).sum()) * ctx.world_size / n_batch
+                with D.sync_gradients(step_model, sync=m == len(parts) - 1):
+                    loss = batch_loss(step_model, src, tgt, cfg.label_smoothing, precision)
+                    precision.backward(loss * weight)
+                step_loss += loss.detach() * weight
+            precision.step(optimizer, lambda max_norm: D.clip_grad_norm(model, max_norm), cfg.grad_clip)
+            optimizer.zero_grad(set_to_none=True)
+            state.update(step=step, batch=state["batch"] + 1)
+            state["train_losses"].append([step, round(float(D.average(step_loss, ctx)), 6)])
+            progress.update(loss=f"{state['train_losses'][-1][1]:.3f}", epoch=state["epoch"])
+            if state["batch"] == len(batches):  # the end of an epoch
+                state.update(epoch=state["epoch"] + 1, batch=0)
+            if is_eval_step(step, cfg, last_step):
+                if valid:
+                    val = evaluate_loss(step_model, valid, cfg.batch_size, precision)
+                    state["evals"].append({"step": step, "val": round(val, 6), "lr": lr_at(step)})
+                    log(f"step {step}: validation loss {val:.4f}")
+                if run is not None:
+                    save_run(run, model, optimizer, state, precision)
+            if step == last_step or state["batch"] == 0:
+                break
+    progress.close()
+    model.eval()
+    return {**state, "steps_per_epoch": steps_per_epoch}
+
+
+def evaluate_translations(model, tokenizer, pairs, beam_size: int = 1) -> dict:
+    """Translate the sources of ``pairs``; corpus BLEU (sacrebleu) and exact-match rate."""
+    import sacrebleu
+
+    from course_lib.decoding import translate
+
+    hyps = translate(model, tokenizer, [s for s, _ in pairs], beam_size=beam_size, warn=lambda m: None)
+    refs = [tokenizer.decode(tokenizer.encode(t)) for _, t in pairs]  # the reference as the tokenizer writes it
+    exact = sum(h == r for h, r in zip(hyps, refs))
+    bleu = sacrebleu.corpus_bleu(hyps, [refs]).score if pairs else float("nan")
+    return {"bleu": bleu, "exact": exact, "n": len(pairs), "hypotheses": hyps, "references": refs}
+
+
+# ---- command line --------------------------------------------------------------------------
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m course_lib train translate",
+               description="Train the encoder-decoder Transformer for translation (notebook 07).")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS),
+                   help="model size: small (CPU) or base (the paper's)")
+    p.add_argument("--config", help="JSON file of settings (our names or the original course's: "
+                   "train_data, model_dim, ...)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--until-step", type=int, default=None, help="stop (and save) at this step, as if interrupted")
+    add_config_arguments(p, TranslationTrainConfig, title="training")
+    add_config_arguments(p, TransformerConfig, prefix="model_", title="model (overrides the preset)",
+                         skip=("model_type", "src_vocab_size", "tgt_vocab_size", "pad_id"))
+    return p
+
+
+def command(argv=None) -> int:
+    """``python -m course_lib train translate``: pairs -> tokenizer -> Transformer -> run folder."""
+    from course_lib.data import load_pairs
+    from course_lib.env import seed_everything
+    from course_lib.plotting import save_figure
+    from course_lib.tokenizer import load_tokenizer
+    from course_lib.transformer import Transformer
+
+    args = build_parser().parse_args(argv)
+    train_file, model_file = load_config(args.config) if args.config else ({}, {})
+    cfg = TranslationTrainConfig.from_dict({"out": "runs/translate", **train_file,
+                                            **given(args, TranslationTrainConfig)})
+    run = RunFolder(cfg.out)  # checked before any work: a file, or not writable, is an error now
+    if args.resume:
+        run.require_checkpoint()
+    if args.until_step is not None and args.until_step < 1:
+        raise ValueError(f"--until-step {args.until_step} must be >= 1.")
+    D.setup(cfg.device)  # joins torchrun's process group, if any; only rank 0 prints
+    seed_everything(cfg.seed)
+    train_pairs = load_pairs(cfg.data, "train", cfg.n_train, cfg.seed)
+    valid_pairs = load_pairs(cfg.valid_data or cfg.data, "val", cfg.n_valid, cfg.seed, n_train=cfg.n_train)
+    log(f"data: {len(train_pairs)} training pairs from {cfg.data}, {len(valid_pairs)} validation pairs")
+    if args.resume and run.tokenizer.exists():
+        tokenizer = load_tokenizer(run.tokenizer)  # the vocabulary the checkpoint was trained with
+    else:
+        tokenizer = build_tokenizer(train_pairs, cfg.tokenizer, cfg.bpe_vocab_size)
+    model_cfg = TransformerConfig.from_dict({
+        **PRESETS[args.preset], **model_file, **given(args, TransformerConfig, "model_"),
+        "src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
+        "pad_id": tokenizer.special_tokens["<pad>"]})
+    model = Transformer(model_cfg)
+    log(f"model: {model.num_parameters():,} parameters; vocabulary {tokenizer.vocab_size}")
+    state = train(model, tokenizer, train_pairs, valid_pairs, cfg, resume=args.resume, until_step=args.until_step)
+    model = D.full_model_on_main(model, lambda: Transformer(model_cfg).to(get_device(cfg.device)))
+    if model is None:  # ranks other than 0 are done
+        return 0
+    save_figure(plot_losses(state, "translation Transformer"), run.path / "loss", formats=("png",))
+    result = evaluate_translations(model, tokenizer, valid_pairs[:200])
+    log(f"greedy on {result['n']} validation pairs: BLEU {result['bleu']:.2f}, "
+        f"exact match {result['exact']}/{result['n']}")
+    for (src, _), hyp in list(zip(valid_pairs, result["hypotheses"]))[:3]:
+        log(f"  {src}  ->  {hyp}")
+    log(f"run folder {run.path} (translate: python -m course_lib translate {run.path} \"a sentence .\")")
+    return 0
