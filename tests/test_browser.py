@@ -363,7 +363,7 @@ tok = CharTokenizer.from_text("the quick brown fox jumps over the lazy dog")
 torch.manual_seed(0)
 model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layers=1, n_heads=2, d_model=32))
 with torch.no_grad():
-    model.lm_head.weight.mul_(4)  # a peaked distribution, so the temperature shows
+    model.out_proj.weight.mul_(4)  # a peaked distribution, so the temperature shows
 ui = sampling_demo(model, tok, "the ", new_tokens=20)
 '''
 

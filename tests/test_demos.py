@@ -29,7 +29,7 @@ def gpt(one_thread):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size + 3, block_size=16, n_layers=2, n_heads=2, d_model=32))
     with torch.no_grad():  # sharper than the tiny initialisation, so the filters have work to do
-        model.lm_head.weight.mul_(4)
+        model.out_proj.weight.mul_(4)
     return model.eval(), tok
 
 
