@@ -84,6 +84,18 @@ def _label(token: str) -> str:
         else token
 
 
+@dataclass(repr=False)
+class Demo:
+    """What a demo returns: ``view``, the result on screen now (updated on every change),
+    and ``ui``, the widget (None when the demo ran once, without a front end)."""
+
+    view: object
+    ui: object = None
+
+    def __repr__(self) -> str:
+        return f"Demo({self.view!r}, {'interactive' if self.ui is not None else 'static'})"
+
+
 # ------------------------------------------------------------------ translation
 
 
@@ -163,13 +175,13 @@ def translation_demo(model, tokenizer, text: str = "today the man calls the youn
     """A text box for an English sentence -> its translation and cross-attention map.
 
     Without a widget front end: translates ``text`` once, prints the summary and shows the
-    map; returns the ``TranslationView``. With one: returns the widget (already shown).
+    map. With one: shows the widget. Returns a ``Demo`` whose ``view`` is what is on screen.
     """
+    demo = Demo(translation_view(model, tokenizer, text, beam_size))
     if not _interactive(interactive):
-        view = translation_view(model, tokenizer, text, beam_size)
-        print(view.summary())
-        _show_figure(view.figure())
-        return view
+        print(demo.view.summary())
+        _show_figure(demo.view.figure())
+        return demo
     import ipywidgets as w
 
     box = w.Text(value=text, description="English", continuous_update=False,
@@ -182,19 +194,19 @@ def translation_demo(model, tokenizer, text: str = "today the man calls the youn
         with out:
             out.clear_output(wait=True)
             try:
-                view = translation_view(model, tokenizer, box.value, search.value)
+                demo.view = translation_view(model, tokenizer, box.value, search.value)
             except ValueError as exc:
                 print(f"error: {exc}")
                 return
-            print(view.summary())
-            _show_figure(view.figure())
+            print(demo.view.summary())
+            _show_figure(demo.view.figure())
 
     box.observe(redraw, names="value")
     search.observe(redraw, names="value")
     redraw()
-    ui = w.VBox([w.HBox([box, search]), out])
-    _show(ui)
-    return ui
+    demo.ui = w.VBox([w.HBox([box, search]), out])
+    _show(demo.ui)
+    return demo
 
 
 def _show_figure(fig) -> None:
@@ -307,14 +319,14 @@ def sampling_demo(model, tokenizer, prompt: str = "The ", temperature: float = 1
     as it is reshaped, and a sample. ``top_k=0`` and ``top_p=1.0`` mean "off".
 
     Without a widget front end: runs once with the values given (seeded: the same sample
-    every run), prints the summary and shows the plot; returns the ``SamplingView``.
-    With one: returns the widget (already shown).
+    every run), prints the summary and shows the plot. With one: shows the widget. Returns
+    a ``Demo`` whose ``view`` is what is on screen.
     """
+    demo = Demo(sampling_view(model, tokenizer, prompt, temperature, top_k, top_p, new_tokens, seed))
     if not _interactive(interactive):
-        view = sampling_view(model, tokenizer, prompt, temperature, top_k, top_p, new_tokens, seed)
-        print(view.summary())
-        _show_figure(view.figure())
-        return view
+        print(demo.view.summary())
+        _show_figure(demo.view.figure())
+        return demo
     import ipywidgets as w
 
     box = w.Text(value=prompt, description="prompt", continuous_update=False, layout=w.Layout(width="40em"))
@@ -331,16 +343,17 @@ def sampling_demo(model, tokenizer, prompt: str = "The ", temperature: float = 1
         with out:
             out.clear_output(wait=True)
             try:
-                view = sampling_view(model, tokenizer, box.value, t.value, k.value, p.value, new_tokens, seed)
+                demo.view = sampling_view(model, tokenizer, box.value, t.value, k.value, p.value,
+                                          new_tokens, seed)
             except ValueError as exc:
                 print(f"error: {exc}")
                 return
-            print(view.summary())
-            _show_figure(view.figure())
+            print(demo.view.summary())
+            _show_figure(demo.view.figure())
 
     for control in (box, t, k, p):
         control.observe(redraw, names="value")
     redraw()
-    ui = w.VBox([box, w.HBox([t, k, p]), out])
-    _show(ui)
-    return ui
+    demo.ui = w.VBox([box, w.HBox([t, k, p]), out])
+    _show(demo.ui)
+    return demo

@@ -127,12 +127,12 @@ def install_source(direct_url: str | None, location: str | Path) -> str:
         vcs = info.get("vcs_info") or {}
         if vcs:
             commit = vcs.get("commit_id", "")[:10]
-            return f"pip install from git+{url}" + (f" @ {commit}" if commit else "")
+            return f"git+{url}" + (f" @ {commit}" if commit else "") + " (pip install)"
         if (info.get("dir_info") or {}).get("editable"):
-            return f"editable install of {url.removeprefix('file://')}"
+            return f"{url.removeprefix('file://')} (editable install)"
         if url:
-            return f"pip install from {url}"
-    return f"the folder {Path(location).resolve().parent}"
+            return f"{url} (pip install)"
+    return f"{Path(location).resolve().parent} (a folder on sys.path, not installed)"
 
 
 def setup_report() -> str:

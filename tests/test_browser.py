@@ -309,19 +309,50 @@ def check_learner_view(page, lab: Lab, name: str, state: dict, plot_marker: str)
     with_plot.first.screenshot(path=str(shot))
     with_plot.filter(has_text=plot_marker).first.screenshot(path=str(SCREENSHOTS / f"{stem}_{plot_marker.split(chr(34))[1]}.png"))
     assert shot.stat().st_size > 1000
-    shut_down_kernels(lab)
     return {"printed": printed, "screenshot": shot}
+
+
+ZIPPED = re.compile(r"zipped (\d+) files -> (/\S+\.zip)")
+
+
+def check_download(state: dict, plot_name: str) -> None:
+    """download_exports printed where its zip is; the zip holds the plot."""
+    import zipfile
+
+    found = ZIPPED.findall("\n".join(c["text"] for c in state["cells"]))
+    assert len(found) == 1, "no 'zipped N files -> PATH' line"
+    n, path = int(found[0][0]), Path(found[0][1])
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    assert len(names) == n and any(name.endswith(f"/{plot_name}.png") for name in names)
 
 
 def test_05_masking_in_jupyterlab(lab, page):
     state, seconds = run_all(page, lab, "05_masking.ipynb", timeout_s=180)
     check_learner_view(page, lab, "05_masking.ipynb", state, 'EXPORT / "masked_scores"')
+    shut_down_kernels(lab)
     print(f"05_masking: Restart Kernel and Run All Cells took {seconds:.1f} s")
 
 
 def test_07_encoder_decoder_in_jupyterlab(lab, page):
     state, seconds = run_all(page, lab, "07_encoder_decoder.ipynb", timeout_s=480)
     check_learner_view(page, lab, "07_encoder_decoder.ipynb", state, 'EXPORT / "cross_attention"')
+    check_download(state, "cross_attention")
+    # the translation demo is live: a new sentence (Enter) redraws its map
+    demo = page.locator(f"{PANEL} .jp-Cell.jp-CodeCell").filter(has=page.locator(".widget-text input"))
+    assert demo.count() == 1, "07's translation demo did not come up as a widget in JupyterLab"
+    before = demo.locator(".widget-output img").first.get_attribute("src")
+    box = demo.locator(".widget-text input").first
+    box.fill("the small girl sees my friend .")
+    box.press("Enter")
+    page.wait_for_function(
+        """([sel, old]) => {
+          const out = document.querySelector(sel); const img = out && out.querySelector('img');
+          return !!img && img.complete && img.src !== old && out.textContent.includes('the small girl sees my friend .');
+        }""", arg=[f"{PANEL} .widget-output", before], timeout=60_000)
+    wait_for(page, kernel_idle, 60, "the demo to finish")
+    demo.locator(".jp-OutputArea").first.screenshot(path=str(SCREENSHOTS / "translation_demo.png"))
+    shut_down_kernels(lab)
     print(f"07_encoder_decoder: Restart Kernel and Run All Cells took {seconds:.1f} s")
 
 

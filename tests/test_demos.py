@@ -136,13 +136,15 @@ def test_static_demos_print_a_deterministic_result(gpt, translator, capsys, monk
     assert not widgets_front_end()  # no kernel here: no front end
     model, tok = gpt
     first = sampling_demo(model, tok, "the ", temperature=0.8, top_k=10, new_tokens=8)
+    assert first.ui is None
+    first = first.view
     out1 = capsys.readouterr().out
     sampling_demo(model, tok, "the ", temperature=0.8, top_k=10, new_tokens=8)
     assert capsys.readouterr().out == out1
     assert out1.startswith("temperature 0.80, top-k 10, top-p off: 10 of")
     assert first.sample in out1
     mt, mt_tok = translator
-    view = translation_demo(mt, mt_tok, "the dog sees the man .")
+    view = translation_demo(mt, mt_tok, "the dog sees the man .").view
     assert capsys.readouterr().out.startswith(f"the dog sees the man .\n-> {view.translation}   (greedy)")
     assert plt.get_fignums() == []  # shown once and closed, not left for the inline backend
 
@@ -151,15 +153,17 @@ def test_interactive_demo_redraws_when_a_slider_moves(gpt, capsys):
     import ipywidgets as w
 
     model, tok = gpt
-    ui = sampling_demo(model, tok, "the ", temperature=1.0, new_tokens=4, interactive=True)
-    assert isinstance(ui, w.VBox)
+    demo = sampling_demo(model, tok, "the ", temperature=1.0, new_tokens=4, interactive=True)
+    ui = demo.ui
+    assert isinstance(ui, w.VBox) and demo.view.temperature == 1.0
     sliders = [c for c in ui.children[1].children if isinstance(c, (w.FloatSlider, w.IntSlider))]
     assert [s.description for s in sliders] == ["temperature", "top-k (0: off)", "top-p (1: off)"]
     capsys.readouterr()
     sliders[0].value = 0.25  # outside a kernel the Output widget lets the text through
     assert "temperature 0.25, top-k off, top-p off:" in capsys.readouterr().out
+    assert demo.view.temperature == 0.25  # the demo's view follows the screen
     sliders[1].value = 3
-    assert "top-k 3" in capsys.readouterr().out
+    assert "top-k 3" in capsys.readouterr().out and demo.view.kept == 3
 
 
 def test_demo_mode_from_the_environment(monkeypatch):
@@ -170,3 +174,19 @@ def test_demo_mode_from_the_environment(monkeypatch):
     monkeypatch.setenv("COURSE_DEMO", "sometimes")
     with pytest.raises(ValueError, match="COURSE_DEMO"):
         widgets_front_end()
+
+
+def test_interactive_translation_demo_follows_the_text_box(translator, capsys):
+    import ipywidgets as w
+
+    model, tok = translator
+    demo = translation_demo(model, tok, "the man sees the dog .", interactive=True)
+    box, search = demo.ui.children[0].children
+    assert isinstance(box, w.Text) and isinstance(search, w.Dropdown)
+    box.value = "the dog sees the man ."
+    assert demo.view.text == "the dog sees the man ." and "the dog sees the man ." in capsys.readouterr().out
+    search.value = 4
+    assert demo.view.beam_size == 4
+    assert demo.view.translation == translate(model, tok, "the dog sees the man .", beam_size=4)
+    box.value = "  "  # an empty box: a one-line error in the output, the last view stays
+    assert "error: type a sentence" in capsys.readouterr().out and demo.view.beam_size == 4

@@ -11,14 +11,14 @@ from course_lib.env import install_source, setup_report
 def test_install_source_reads_pips_record():
     git = json.dumps({"url": "https://github.com/o/course", "vcs_info": {"vcs": "git", "commit_id": "0123456789abcdef"}})
     assert install_source(git, "/x/course_lib") == \
-        "pip install from git+https://github.com/o/course @ 0123456789"
+        "git+https://github.com/o/course @ 0123456789 (pip install)"
     editable = json.dumps({"url": "file:///home/me/course", "dir_info": {"editable": True}})
-    assert install_source(editable, "/x") == "editable install of /home/me/course"
+    assert install_source(editable, "/x") == "/home/me/course (editable install)"
     wheel = json.dumps({"url": "file:///tmp/course_lib-0.1.0-py3-none-any.whl", "archive_info": {}})
-    assert install_source(wheel, "/x") == "pip install from file:///tmp/course_lib-0.1.0-py3-none-any.whl"
+    assert install_source(wheel, "/x") == "file:///tmp/course_lib-0.1.0-py3-none-any.whl (pip install)"
     # no record (a checkout on sys.path): the folder that holds the package
-    assert install_source(None, "/repo/course_lib") == f"the folder {Path('/repo').resolve()}"
-    assert install_source("not json", "/repo/course_lib") == f"the folder {Path('/repo').resolve()}"
+    assert install_source(None, "/repo/course_lib") == f"{Path('/repo').resolve()} (a folder on sys.path, not installed)"
+    assert install_source("not json", "/repo/course_lib") == f"{Path('/repo').resolve()} (a folder on sys.path, not installed)"
 
 
 def test_setup_report_names_this_copy_torch_and_the_device(monkeypatch):
