@@ -72,6 +72,20 @@ def pick(small, full, scale: str | None = None):
     return full if (scale or get_scale()) == "full" else small
 
 
+def train_steps(steps: int) -> int:
+    """A notebook's number of training steps: ``steps``, or ``$COURSE_STEPS`` when set.
+
+    For quick runs of the whole notebook where the trained model's quality does not matter
+    (the real-browser test runs notebook 07 with ``COURSE_STEPS=600``); unset, it changes nothing.
+    """
+    value = os.environ.get("COURSE_STEPS", "").strip()
+    if not value:
+        return steps
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"COURSE_STEPS={value!r} is not a positive number of steps; unset it or fix it.")
+    return int(value)
+
+
 def seed_everything(seed: int = 1337) -> int:
     """Seed Python's ``random``, NumPy and torch (all devices). Returns the seed."""
     random.seed(seed)

@@ -3,9 +3,10 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from course_lib.env import install_source, setup_report
+from course_lib.env import install_source, setup_report, train_steps
 
 
 def test_install_source_reads_pips_record():
@@ -30,3 +31,13 @@ def test_setup_report_names_this_copy_torch_and_the_device(monkeypatch):
     # the copy imported here (a checkout on sys.path or the editable install of this folder)
     assert str(Path(course_lib.__file__).resolve().parent.parent) in lines[0]
     assert lines[1].startswith(f"torch {torch.__version__} | device cpu") and lines[1].endswith("scale small")
+
+
+def test_train_steps_follows_course_steps(monkeypatch):
+    monkeypatch.delenv("COURSE_STEPS", raising=False)
+    assert train_steps(3000) == 3000
+    monkeypatch.setenv("COURSE_STEPS", "600")
+    assert train_steps(3000) == 600
+    monkeypatch.setenv("COURSE_STEPS", "many")
+    with pytest.raises(ValueError, match="COURSE_STEPS"):
+        train_steps(3000)
