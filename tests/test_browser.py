@@ -354,12 +354,16 @@ def test_07_encoder_decoder_in_jupyterlab(lab, page):
     box = demo.locator(".widget-text input").first
     box.fill("the small girl sees my friend .")
     box.press("Enter")
-    page.wait_for_function(
-        """([sel, old]) => {
-          const out = document.querySelector(sel); const img = out && out.querySelector('img');
-          return !!img && img.complete && img.src !== old && out.textContent.includes('the small girl sees my friend .');
-        }""", arg=[f"{PANEL} .widget-output", before], timeout=60_000)
+    redrawn = """([sel, old]) => {
+      const out = document.querySelector(sel); const img = out && out.querySelector('img');
+      return !!img && img.complete && img.naturalWidth > 0 && img.src !== old
+             && out.textContent.includes('the small girl sees my friend .');
+    }"""
+    page.wait_for_function(redrawn, arg=[f"{PANEL} .widget-output", before], timeout=60_000)
     wait_for(page, kernel_idle, 60, "the demo to finish")
+    page.wait_for_function(redrawn, arg=[f"{PANEL} .widget-output", before], timeout=30_000)
+    demo.locator(".widget-output img").first.scroll_into_view_if_needed()
+    page.evaluate("(sel) => document.querySelector(sel).decode()", f"{PANEL} .widget-output img")
     demo.locator(".jp-OutputArea").first.screenshot(path=str(SCREENSHOTS / "translation_demo.png"))
     shut_down_kernels(lab)
     print(f"07_encoder_decoder: Restart Kernel and Run All Cells took {seconds:.1f} s")
