@@ -311,3 +311,45 @@ def download_exports(name: str = "", quiet: bool = False) -> Path:
 
         files.download(str(target))
     return target
+
+
+def stacked_bars(
+    parts: dict,
+    labels: Sequence[str],
+    title: str = "",
+    ax=None,
+    ylabel: str = "",
+    limits: Sequence[float | None] | None = None,
+    limit_label: str = "limit",
+):
+    """Stacked bars: ``parts`` maps a part's name to one value per bar (stacked in order),
+    ``labels`` names the bars; ``limits`` (one per bar, or None) draws a dashed line over
+    each bar, e.g. a device's memory. Returns the figure."""
+    names = list(parts)
+    values = np.array([_to_numpy(parts[n]).astype(float) for n in names]) if names else np.zeros((0, len(labels)))
+    if values.ndim != 2 or values.shape[1] != len(labels):
+        raise ValueError(f"stacked_bars needs one value per bar for each part ({len(labels)} bars), "
+                         f"got shape {values.shape}.")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(labels) + 2.0), 4.2))
+    else:
+        fig = ax.figure
+    colours = plt.get_cmap("tab10")
+    bottom = np.zeros(len(labels))
+    for i, name in enumerate(names):
+        ax.bar(range(len(labels)), values[i], bottom=bottom, color=colours(i % 10), label=str(name), width=0.65)
+        bottom += values[i]
+    if limits is not None:
+        first = True
+        for i, lim in enumerate(limits):
+            if lim is not None and np.isfinite(lim):
+                ax.hlines(lim, i - 0.42, i + 0.42, colors="black", linestyles="--", lw=1.2,
+                          label=limit_label if first else None)
+                first = False
+    ax.set_xticks(range(len(labels)), labels=list(labels), fontsize=8)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, ncol=2, loc="upper left")
+    fig.tight_layout()
+    return fig

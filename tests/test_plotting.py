@@ -22,6 +22,7 @@ from course_lib.plotting import (
     lines,
     save_figure,
     scatter_2d,
+    stacked_bars,
     zip_folder,
 )
 
@@ -41,6 +42,8 @@ def figures():
         "scatter": scatter_2d(torch.randn(6, 2, generator=g), TOKENS, ["a", "b", "a", "b", "c", "c"], title="2-D"),
         "lines": lines({"sin": torch.arange(10.0).sin(), "cos": (torch.arange(5.0), torch.arange(5.0).cos())},
                        xlabel="position", logy=False),
+        "stacked": stacked_bars({"weights": [1.0, 2.0], "activations": [3.0, 0.5]}, ["a", "b"],
+                                limits=[5.0, None], ylabel="GiB"),
     }
 
 
@@ -56,6 +59,8 @@ def test_every_helper_returns_a_figure():
     assert len(figs["masked"].axes[0].patches) == 15
     assert len(figs["scatter"].axes[0].texts) == 6 and len(figs["scatter"].axes[0].collections) == 3
     assert [len(line.get_xdata()) for line in figs["lines"].axes[0].lines] == [10, 5]
+    bars = figs["stacked"].axes[0].patches
+    assert [(b.get_y(), b.get_height()) for b in bars] == [(0, 1), (0, 2), (1, 3), (2, 0.5)]
     fig, ax = plt.subplots()
     assert heatmap(torch.eye(3), ax=ax, colorbar=False) is fig
     plt.close("all")
@@ -68,6 +73,8 @@ def test_helpers_reject_wrong_shapes_and_formats(tmp_path):
         attention_grid(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="project to 2-D"):
         scatter_2d(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="one value per bar"):
+        stacked_bars({"a": [1.0, 2.0, 3.0]}, ["x", "y"])
     fig = heatmap(torch.eye(2))
     with pytest.raises(ValueError, match="unknown figure format"):
         save_figure(fig, tmp_path / "x", formats=("jpg",))
@@ -100,7 +107,7 @@ def test_save_figure_is_byte_identical_across_runs(tmp_path):
             assert [p.suffix for p in written] == [f".{f}" for f in FORMATS]
         plt.close("all")
         runs.append(digests(tmp_path / run))
-    assert len(runs[0]) == 6 * len(FORMATS)
+    assert len(runs[0]) == len(figures()) * len(FORMATS)
     assert runs[0] == runs[1]
     # a fresh interpreter (new ids, new font cache state) writes the same bytes
     code = SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests"), out=str(tmp_path / "c"))
