@@ -72,6 +72,20 @@ def pick(small, full, scale: str | None = None):
     return full if (scale or get_scale()) == "full" else small
 
 
+def train_steps(steps: int) -> int:
+    """A notebook's number of training steps: ``steps``, or ``$COURSE_STEPS`` when set.
+
+    For quick runs of the whole notebook where the trained model's quality does not matter
+    (the real-browser test runs notebook 07 with ``COURSE_STEPS=600``); unset, it changes nothing.
+    """
+    value = os.environ.get("COURSE_STEPS", "").strip()
+    if not value:
+        return steps
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"COURSE_STEPS={value!r} is not a positive number of steps; unset it or fix it.")
+    return int(value)
+
+
 def seed_everything(seed: int = 1337) -> int:
     """Seed Python's ``random``, NumPy and torch (all devices). Returns the seed."""
     random.seed(seed)
@@ -111,3 +125,53 @@ def describe() -> str:
         f"torch {torch.__version__} | device {name} | scale {get_scale(device)} | "
         f"python {sys.version.split()[0]}"
     )
+
+
+def install_source(direct_url: str | None, location: str | Path) -> str:
+    """Where course_lib (the package folder ``location``) came from, read from pip's ``direct_url.json`` (PEP 610): a git
+    URL and commit, a local (editable) checkout, or a plain folder on ``sys.path``."""
+    import json
+
+    if direct_url:
+        try:
+            info = json.loads(direct_url)
+        except ValueError:
+            info = {}
+        url = info.get("url", "")
+        vcs = info.get("vcs_info") or {}
+        if vcs:
+            commit = vcs.get("commit_id", "")[:10]
+            return f"git+{url}" + (f" @ {commit}" if commit else "") + " (pip install)"
+        if (info.get("dir_info") or {}).get("editable"):
+            return f"{url.removeprefix('file://')} (editable install)"
+        if url:
+            return f"{url} (pip install)"
+    return f"{Path(location).resolve().parent} (a folder on sys.path, not installed)"
+
+
+def setup_report() -> str:
+    """What the first cell of every notebook prints: where course_lib was installed from,
+    the torch version and the device found (with the GPU's name and memory)."""
+    from importlib import metadata
+
+    import course_lib
+
+    here = Path(course_lib.__file__).resolve().parent
+    direct_url = None
+    try:  # pip's record describes this copy only if it installed it (not a checkout on sys.path)
+        dist = metadata.distribution("course_lib")
+        record = dist.read_text("direct_url.json") or ""
+        installed = {Path(dist.locate_file(f)).resolve() for f in dist.files or []}
+        if here / "__init__.py" in installed or f"file://{here.parent}" in record:
+            direct_url = record
+    except metadata.PackageNotFoundError:
+        pass
+    device = get_device()
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        found = f"cuda ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    else:
+        found = device.type + (" (no GPU found)" if device.type == "cpu" and not torch.cuda.is_available() else "")
+    colab = " | Colab" if in_colab() else ""
+    return (f"course_lib {course_lib.__version__} from {install_source(direct_url, here)}{colab}\n"
+            f"torch {torch.__version__} | device {found} | scale {get_scale(device)}")
