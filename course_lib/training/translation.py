@@ -173,7 +173,8 @@ def batch_loss(model, src, tgt, label_smoothing: float = 0.0, precision=None) ->
     """Mean cross-entropy of predicting ``tgt[:, 1:]`` from ``tgt[:, :-1]`` (padding ignored)."""
     with precision.autocast() if precision is not None else nullcontext():
         logits = model(src, tgt[:, :-1])
-    return F.cross_entropy(logits.float().flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=model.config.pad_id,
+    wide = logits if logits.dtype == torch.float64 else logits.float()  # float32 at least
+    return F.cross_entropy(wide.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=model.config.pad_id,
                            label_smoothing=label_smoothing)
 
 
@@ -198,10 +199,13 @@ def evaluate_loss(model, examples, batch_size: int = 64, precision=None) -> floa
 # ---- the loop ------------------------------------------------------------------------------
 
 def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfig, resume: bool = False,
-          until_step: int | None = None) -> dict:
+          until_step: int | None = None, make_optimizer=None) -> dict:
     """Train ``model`` on (source, target) text pairs, checkpointing into ``cfg.out`` (if
     set). Returns the training state: ``step``, ``epoch``, ``train_losses`` ([step, loss]
-    per step), ``evals`` (dicts with the validation loss), ``steps_per_epoch``."""
+    per step), ``evals`` (dicts with the validation loss), ``steps_per_epoch``.
+
+    ``make_optimizer(model)``: another optimizer than the paper's Adam (the tests use plain
+    SGD, under which a wrong gradient scale cannot hide); the schedule still sets its lr."""
     device = get_device(cfg.device)
     ctx = D.current(device)
     run = RunFolder(cfg.out) if cfg.out else None
@@ -229,7 +233,8 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfi
     model.to(device)
     step_model = D.wrap_model(model, ctx, "fsdp" if cfg.fsdp else "ddp")  # before the optimizer
     step_model = compile_model(step_model, cfg.compile, device, log)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr_at(1), betas=(0.9, 0.98), eps=1e-9)
+    optimizer = (make_optimizer(model) if make_optimizer
+                 else torch.optim.Adam(model.parameters(), lr=lr_at(1), betas=(0.9, 0.98), eps=1e-9))
     precision = choose_precision(cfg.precision, device)
     state = {**new_state(cfg), "epoch": 0, "batch": 0}
     if resume:
@@ -322,6 +327,7 @@ def command(argv=None) -> int:
         run.require_checkpoint()
     if args.until_step is not None and args.until_step < 1:
         raise ValueError(f"--until-step {args.until_step} must be >= 1.")
+    get_device(cfg.device, source="--device")  # a device that is not here is an error now
     D.setup(cfg.device)  # joins torchrun's process group, if any; only rank 0 prints
     seed_everything(cfg.seed)
     train_pairs = load_pairs(cfg.data, "train", cfg.n_train, cfg.seed)
