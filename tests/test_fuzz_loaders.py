@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 from course_lib.checkpoint import CheckpointError, save_checkpoint
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.models import load_trained
-from course_lib.tokenizer import SPECIALS, BPETokenizer, CharTokenizer, TokenizerFileError, WordTokenizer, load_tokenizer
+from course_lib.tokenizer import (
+    SPECIALS,
+    BPETokenizer,
+    CharTokenizer,
+    TokenizerFileError,
+    WordTokenizer,
+    load_tokenizer,
+)
 from course_lib.training.translation import load_config
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from exact_runs import LOOPS, broken, params
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-10
