@@ -82,3 +82,21 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(task, mode, tmp_path, u
     assert main([*COMMANDS[task], *COMMON, "--resume", "--out", str(run)]) == 0
     assert losses(run) == uninterrupted[task]  # bit for bit, every step
     assert temporaries(run) == []  # the dead process's temporary file was removed
+
+
+def test_only_dead_writers_temporaries_are_removed(tmp_path):
+    """The next write removes a temporary file of a dead process of this host, and keeps
+    those of a live process (another writer) and of other hosts (a shared file system)."""
+    import torch
+
+    from course_lib.checkpoint import _host, save_checkpoint
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {f".checkpoint.safetensors.{_host()}.{dead.pid}.abc123.tmp": False,  # removed
+             f".checkpoint.safetensors.{_host()}.{os.getppid()}.abc124.tmp": True,  # alive: kept
+             f".checkpoint.safetensors.otherhost.{dead.pid}.abc125.tmp": True}  # another host: kept
+    for name in names:
+        (tmp_path / name).write_bytes(b"half")
+    save_checkpoint(tmp_path / "checkpoint.safetensors", torch.nn.Linear(2, 2), {"model_type": "x"})
+    assert {name: (tmp_path / name).exists() for name in names} == names
