@@ -32,17 +32,17 @@ BIN = Path(sys.executable).parent
 
 DOCUMENTED = """
 python -m course_lib train translate --steps 3000 --warmup 400 --out runs/translate
+python -m course_lib train translate --data ../shared/data/multi30k/train --tokenizer bpe --preset base --max-len 128 --batch-size 128 --epochs 20 --out runs/multi30k
+python -m course_lib train translate --data ../shared/data/multi30k/train --tokenizer bpe --preset base --max-len 128 --batch-size 128 --epochs 20 --out runs/multi30k --resume
 python -m course_lib translate runs/translate "today the man calls the young woman ." --beam 4
-python -m course_lib export-attention runs/translate "the man sees the dog ." --target "der Mann sieht den Hund ." --out exports/attention
-python -m course_lib train translate --data ../shared/data/multi30k/train --tokenizer bpe --d-model 512 --n-heads 8 --n-layers 6 --d-ff 2048 --dropout 0.1 --batch-size 128 --epochs 20 --out runs/multi30k
-python -m course_lib train translate --data ../shared/data/multi30k/train --tokenizer bpe --d-model 512 --n-heads 8 --n-layers 6 --d-ff 2048 --dropout 0.1 --batch-size 128 --epochs 20 --out runs/multi30k --resume
-python -m course_lib train translate --config config.json --out runs/course-config
 python -m course_lib train gpt --preset small-cpu --data ../shared/data/tinyshakespeare --steps 2000 --out runs/gpt
 python -m course_lib train gpt --preset small-cpu --data ../shared/data/tinyshakespeare --steps 4000 --out runs/gpt --resume
 python -m course_lib generate runs/gpt "ROMEO:" --top-p 0.9
-torchrun --nproc-per-node 8 -m course_lib train gpt --preset gpt2-124m --data ../shared/data/tinyshakespeare --out runs/gpt-ddp
-torchrun --nproc-per-node 8 -m course_lib train gpt --preset gpt2-124m --data ../shared/data/tinyshakespeare --fsdp --out runs/gpt-fsdp
-torchrun --nproc-per-node 8 -m course_lib train translate --data ../shared/data/multi30k/train --tokenizer bpe --out runs/multi30k-ddp
+python -m course_lib export-attention runs/translate "the man sees the dog ." --target "der Mann sieht den Hund ." --out exports/attention
+python -m course_lib train translate --config config.json --out runs/course-config
+torchrun --nproc-per-node 8 -m course_lib train gpt --preset gpt2-124m --data ../shared/data/tinyshakespeare
+torchrun --nproc-per-node 8 -m course_lib train gpt --preset gpt2-124m --data ../shared/data/tinyshakespeare --fsdp
+torchrun --nproc-per-node 8 -m course_lib train translate --data ../shared/data/multi30k/train --tokenizer bpe
 torchrun --nnodes 2 --nproc-per-node 8 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint host0:29500 -m course_lib train gpt --preset gpt2-124m --data ../shared/data/tinyshakespeare --out /shared/runs/gpt
 accelerate launch --multi_gpu --num_processes 8 -m course_lib train translate --config config.json --out runs/accelerate
 """
@@ -116,7 +116,8 @@ def run_lines(lines: list[str], shared: Path, folder: Path, capsys, known: froze
             continue
         if separate:
             done = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
-            assert done.returncode == 0, f"{line}\n{done.stdout[-1500:]}\n{done.stderr[-3000:]}"
+            errors = [x for x in done.stderr.splitlines() if "Error" in x or x.startswith("error:")][-12:]
+            assert done.returncode == 0, f"{line}\n{done.stdout[-1500:]}\n" + "\n".join(errors)
         else:
             code = main(argv)
             assert code == 0, f"{line}\n{capsys.readouterr().err[-3000:]}"
@@ -134,7 +135,7 @@ def test_documented_commands(in_tmp, shared_data, capsys):
     assert len(lines) == 14
     skipped = run_lines(lines, shared_data, in_tmp, capsys)
     assert skipped == [lines[12]]  # the two-machine line
-    for run in ("translate", "multi30k", "course-config", "gpt", "gpt-ddp", "gpt-fsdp", "multi30k-ddp", "accelerate"):
+    for run in ("translate", "multi30k", "course-config", "gpt", "accelerate"):
         assert (in_tmp / "runs" / run / "checkpoint.safetensors").is_file(), run
     assert any((in_tmp / "exports" / "attention").iterdir())
 

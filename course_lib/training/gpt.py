@@ -40,6 +40,7 @@ from course_lib.training.core import (
     read_json,
     resume_run,
     save_run,
+    saved_settings,
     set_lr,
     setting,
 )
@@ -232,7 +233,8 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m course_lib train gpt", description="Train a GPT (notebook 08).")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size")
     p.add_argument("--config", help="JSON file of settings: training fields and model fields (GPTConfig)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out, with its own settings (flags given now override them)")
     p.add_argument("--until-step", type=int, default=None, help="stop (and save) at this step, as if interrupted")
     add_config_arguments(p, GPTTrainConfig, title="training", defaults=COMMAND_DEFAULTS)
     add_config_arguments(p, GPTConfig, prefix="model_", title="model (overrides the preset)",
@@ -262,7 +264,9 @@ def command(argv=None) -> int:
     file_values = read_json(args.config, "settings") if args.config else {}
     model_names = set(GPTConfig.__dataclass_fields__)
     train_values = {k: v for k, v in file_values.items() if k not in model_names}
-    train_values = {**COMMAND_DEFAULTS, **train_values, **given(args, GPTTrainConfig)}
+    out = given(args, GPTTrainConfig).get("out") or train_values.get("out") or COMMAND_DEFAULTS["out"]
+    saved_train, saved_model = saved_settings(out) if args.resume else ({}, {})  # the run's own settings
+    train_values = {**COMMAND_DEFAULTS, **saved_train, **train_values, **given(args, GPTTrainConfig)}
     cfg = GPTTrainConfig.from_dict(train_values)
     run = RunFolder(cfg.out)  # checked before any work: a file, or not writable, is an error now
     if args.resume:
@@ -271,7 +275,7 @@ def command(argv=None) -> int:
         raise ValueError(f"--until-step {args.until_step} must be >= 1.")
     get_device(cfg.device, source="--device")  # a device that is not here is an error now
     D.setup(cfg.device)  # joins torchrun's process group, if any
-    model_values = {**PRESETS[args.preset], **{k: v for k, v in file_values.items() if k in model_names},
+    model_values = {**PRESETS[args.preset], **saved_model, **{k: v for k, v in file_values.items() if k in model_names},
                     **given(args, GPTConfig, "model_")}
     text = load_text(cfg.data, max_chars=cfg.max_chars)
     if args.resume and run.tokenizer.exists():
@@ -279,7 +283,7 @@ def command(argv=None) -> int:
     else:
         kind = cfg.tokenizer or ("gpt2" if "vocab_size" in PRESETS[args.preset] else "char")
         tokenizer = gpt2_tokenizer() if kind == "gpt2" else CharTokenizer.from_text(text.text)
-    if "vocab_size" not in file_values:
+    if "vocab_size" not in file_values and "vocab_size" not in saved_model:
         v = tokenizer.vocab_size  # GPT-2's 50,257 rounded up to 50,304 on CUDA: faster matmuls
         model_values["vocab_size"] = -(-v // 64) * 64 if v > 1000 and get_device(cfg.device).type == "cuda" else v
     model_cfg = GPTConfig.from_dict(model_values)

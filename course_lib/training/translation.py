@@ -45,6 +45,7 @@ from course_lib.training.core import (
     read_json,
     resume_run,
     save_run,
+    saved_settings,
     set_lr,
     setting,
 )
@@ -302,7 +303,8 @@ def build_parser() -> Parser:
                    help="model size: small (CPU) or base (the paper's)")
     p.add_argument("--config", help="JSON file of settings (our names or the original course's: "
                    "train_data, model_dim, ...)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out, with its own settings (flags given now override them)")
     p.add_argument("--until-step", type=int, default=None, help="stop (and save) at this step, as if interrupted")
     add_config_arguments(p, TranslationTrainConfig, title="training", defaults=COMMAND_DEFAULTS)
     add_config_arguments(p, TransformerConfig, prefix="model_", title="model (overrides the preset)",
@@ -320,7 +322,9 @@ def command(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     train_file, model_file = load_config(args.config) if args.config else ({}, {})
-    cfg = TranslationTrainConfig.from_dict({**COMMAND_DEFAULTS, **train_file,
+    out = given(args, TranslationTrainConfig).get("out") or train_file.get("out") or COMMAND_DEFAULTS["out"]
+    saved_train, saved_model = saved_settings(out) if args.resume else ({}, {})  # the run's own settings
+    cfg = TranslationTrainConfig.from_dict({**COMMAND_DEFAULTS, **saved_train, **train_file,
                                             **given(args, TranslationTrainConfig)})
     run = RunFolder(cfg.out)  # checked before any work: a file, or not writable, is an error now
     if args.resume:
@@ -338,7 +342,7 @@ def command(argv=None) -> int:
     else:
         tokenizer = build_tokenizer(train_pairs, cfg.tokenizer, cfg.bpe_vocab_size)
     model_cfg = TransformerConfig.from_dict({
-        **PRESETS[args.preset], **model_file, **given(args, TransformerConfig, "model_"),
+        **PRESETS[args.preset], **saved_model, **model_file, **given(args, TransformerConfig, "model_"),
         "src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
         "pad_id": tokenizer.special_tokens["<pad>"]})
     model = Transformer(model_cfg)
