@@ -108,9 +108,10 @@ class Tokenizer:
 
     def save(self, path) -> Path:
         """Write the tokenizer as JSON; ``load_tokenizer(path)`` reads it back."""
+        from course_lib.checkpoint import atomic_write_text  # a killed write leaves the old file whole
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self._to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
+        atomic_write_text(path, json.dumps(self._to_dict(), ensure_ascii=False, indent=1))
         return path
 
     def __repr__(self) -> str:
