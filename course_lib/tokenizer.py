@@ -108,9 +108,9 @@ class Tokenizer:
 
     def save(self, path) -> Path:
         """Write the tokenizer as JSON; ``load_tokenizer(path)`` reads it back."""
-        from course_lib.checkpoint import atomic_write_text  # a killed write leaves the old file whole
+        from course_lib.checkpoint import atomic_write_text
 
-        path = Path(path)
+        path = Path(path)  # written atomically: a killed write leaves the old file whole
         atomic_write_text(path, json.dumps(self._to_dict(), ensure_ascii=False, indent=1))
         return path
 
