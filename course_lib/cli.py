@@ -28,7 +28,7 @@ COMMANDS = ("train", "generate", "translate", "export-attention")
 def _device(args):
     from course_lib.env import get_device
 
-    return get_device(args.device)
+    return get_device(args.device, source="--device")
 
 
 def _run_arguments(p: Parser, text_help: str, nargs="?") -> None:

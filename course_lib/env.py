@@ -33,21 +33,39 @@ def mps_is_usable() -> bool:
     return bool(mps is not None and mps.is_available() and _torch_version() >= (2, 4))
 
 
-def get_device(prefer: str | None = None) -> torch.device:
-    """The device to run on: ``prefer``, else ``$COURSE_DEVICE``, else CUDA > MPS > CPU."""
-    choice = prefer or os.environ.get("COURSE_DEVICE")
+class DeviceError(ValueError, RuntimeError):
+    """A device was asked for that is not here (or is not a device name)."""
+
+
+def get_device(prefer: str | torch.device | None = None, source: str | None = None) -> torch.device:
+    """The device to run on: ``prefer``, else ``$COURSE_DEVICE``, else CUDA > MPS > CPU.
+
+    ``source`` names where ``prefer`` came from (``"--device"`` for a command), so that an
+    error about it points there; without it, ``device=...`` is named.
+    """
+    from_env = not prefer and bool(os.environ.get("COURSE_DEVICE"))
+    choice = str(prefer) if prefer else os.environ.get("COURSE_DEVICE")
     if choice:
-        device = torch.device(choice)
+        if from_env:
+            asked, fix = f"COURSE_DEVICE={choice!r}", "unset COURSE_DEVICE or set it to 'cpu'"
+        elif source:
+            asked, fix = f"{source} {choice}", f"use {source} cpu, or leave {source} out to use the best device found"
+        else:
+            asked, fix = f"device={choice!r}", "ask for 'cpu', or leave the device unset to use the best one found"
+        try:
+            device = torch.device(choice)
+        except (RuntimeError, ValueError, TypeError):
+            raise DeviceError(f"{asked} is not a device name; use cpu, cuda, cuda:1 or mps "
+                              f"({fix.replace('set it to', 'choose')}).") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
-                f"COURSE_DEVICE={choice!r} asks for CUDA, but torch sees no CUDA GPU; "
-                "unset COURSE_DEVICE or set it to 'cpu'."
-            )
+            raise DeviceError(f"{asked} asks for CUDA, but torch sees no CUDA GPU; {fix}.")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"{asked} asks for GPU {device.index}, but torch sees "
+                              f"{torch.cuda.device_count()}; {fix}.")
         if device.type == "mps" and not mps_is_usable():
-            raise RuntimeError(
-                f"COURSE_DEVICE={choice!r} asks for MPS, which is not available here; "
-                "unset COURSE_DEVICE or set it to 'cpu'."
-            )
+            raise DeviceError(f"{asked} asks for MPS, which is not available here; {fix}.")
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise DeviceError(f"{asked} is not a device the course runs on; use cpu, cuda or mps ({fix}).")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

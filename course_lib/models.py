@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_lib.checkpoint import load_checkpoint, resolve_checkpoint
+from course_lib.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.tokenizer import Tokenizer, load_tokenizer
 from course_lib.transformer import Transformer, TransformerConfig
@@ -89,19 +89,24 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu", kind: str
     ckpt = load_checkpoint(file, device=device)
     config = dict(ckpt["config"])
     model_type = config.get("model_type")
-    if model_type not in KINDS:
-        raise ValueError(f"{file} holds a model of type {model_type!r}, which is not one of the course's "
+    if not isinstance(model_type, str) or model_type not in KINDS:
+        raise CheckpointError(f"{file} holds a model of type {model_type!r}, which is not one of the course's "
                          f"kinds {sorted(KINDS)}; give a checkpoint written by `python -m course_lib train`.")
     found = KINDS[model_type]
     if kind is not None and model_type != kind:
         raise ValueError(f"{path} holds a {model_type!r} model (trained by `{found.trained_by}`), not a "
                          f"{kind!r} model{f' for `{command}`' if command else ''}; use `{found.used_by} {path}` "
                          "for this one.")
-    model = found.model(found.config.from_dict(config))
+    try:
+        model_config = found.config.from_dict(config)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{file}: its model config is not valid ({exc}); the file is damaged or was "
+                              "edited: retrain or use another checkpoint.") from None
+    model = found.model(model_config)
     try:
         model.load_state_dict(upgrade_state_dict(ckpt["model"]))
     except RuntimeError as exc:
-        raise ValueError(f"{file}: the weights do not fit its own config ({str(exc).splitlines()[0]}); "
+        raise CheckpointError(f"{file}: the weights do not fit its own config ({str(exc).splitlines()[0]}); "
                          "the file is damaged or was edited: retrain or use another checkpoint.") from None
     tok_file = file.with_name("tokenizer.json")
     tokenizer = load_tokenizer(tok_file) if tok_file.exists() else None

@@ -45,6 +45,7 @@ from course_lib.training.core import (
     read_json,
     resume_run,
     save_run,
+    saved_settings,
     set_lr,
     setting,
 )
@@ -170,7 +171,8 @@ def batch_loss(model, src, tgt, label_smoothing: float = 0.0, precision=None) ->
     """Mean cross-entropy of predicting ``tgt[:, 1:]`` from ``tgt[:, :-1]`` (padding ignored)."""
     with precision.autocast() if precision is not None else nullcontext():
         logits = model(src, tgt[:, :-1])
-    return F.cross_entropy(logits.float().flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=model.config.pad_id,
+    wide = logits if logits.dtype == torch.float64 else logits.float()  # float32 at least
+    return F.cross_entropy(wide.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=model.config.pad_id,
                            label_smoothing=label_smoothing)
 
 
@@ -195,10 +197,13 @@ def evaluate_loss(model, examples, batch_size: int = 64, precision=None) -> floa
 # ---- the loop ------------------------------------------------------------------------------
 
 def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfig, resume: bool = False,
-          until_step: int | None = None) -> dict:
+          until_step: int | None = None, make_optimizer=None) -> dict:
     """Train ``model`` on (source, target) text pairs, checkpointing into ``cfg.out`` (if
     set). Returns the training state: ``step``, ``epoch``, ``train_losses`` ([step, loss]
-    per step), ``evals`` (dicts with the validation loss), ``steps_per_epoch``."""
+    per step), ``evals`` (dicts with the validation loss), ``steps_per_epoch``.
+
+    ``make_optimizer(model)``: another optimizer than the paper's Adam (the tests use plain
+    SGD, under which a wrong gradient scale cannot hide); the schedule still sets its lr."""
     device = get_device(cfg.device)
     ctx = D.current(device)
     run = RunFolder(cfg.out) if cfg.out else None
@@ -226,7 +231,8 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfi
     model.to(device)
     step_model = D.wrap_model(model, ctx, "fsdp" if cfg.fsdp else "ddp")  # before the optimizer
     step_model = compile_model(step_model, cfg.compile, device, log)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr_at(1), betas=(0.9, 0.98), eps=1e-9)
+    optimizer = (make_optimizer(model) if make_optimizer
+                 else torch.optim.Adam(model.parameters(), lr=lr_at(1), betas=(0.9, 0.98), eps=1e-9))
     precision = choose_precision(cfg.precision, device)
     state = {**new_state(cfg), "epoch": 0, "batch": 0}
     if resume:
@@ -297,7 +303,8 @@ def build_parser() -> Parser:
                    help="model size: small (CPU) or base (the paper's)")
     p.add_argument("--config", help="JSON file of settings (our names or the original course's: "
                    "train_data, model_dim, ...)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out, with its own settings (flags given now override them)")
     p.add_argument("--until-step", type=int, default=None, help="stop (and save) at this step, as if interrupted")
     add_config_arguments(p, TranslationTrainConfig, title="training", defaults=COMMAND_DEFAULTS)
     add_config_arguments(p, TransformerConfig, prefix="model_", title="model (overrides the preset)",
@@ -316,13 +323,16 @@ def command(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     train_file, model_file = load_config(args.config) if args.config else ({}, {})
-    cfg = TranslationTrainConfig.from_dict({**COMMAND_DEFAULTS, **train_file,
+    out = given(args, TranslationTrainConfig).get("out") or train_file.get("out") or COMMAND_DEFAULTS["out"]
+    saved_train, saved_model = saved_settings(out) if args.resume else ({}, {})  # the run's own settings
+    cfg = TranslationTrainConfig.from_dict({**COMMAND_DEFAULTS, **saved_train, **train_file,
                                             **given(args, TranslationTrainConfig)})
     run = RunFolder(cfg.out)  # checked before any work: a file, or not writable, is an error now
     if args.resume:
         run.require_checkpoint()
     if args.until_step is not None and args.until_step < 1:
         raise ValueError(f"--until-step {args.until_step} must be >= 1.")
+    get_device(cfg.device, source="--device")  # a device that is not here is an error now
     D.setup(cfg.device)  # joins torchrun's process group, if any; only rank 0 prints
     seed_everything(cfg.seed)
     train_pairs = load_pairs(cfg.data, "train", cfg.n_train, cfg.seed)
@@ -333,7 +343,7 @@ def command(argv=None) -> int:
     else:
         tokenizer = build_tokenizer(train_pairs, cfg.tokenizer, cfg.bpe_vocab_size)
     model_cfg = TransformerConfig.from_dict({
-        **PRESETS[args.preset], **model_file, **given(args, TransformerConfig, "model_"),
+        **PRESETS[args.preset], **saved_model, **model_file, **given(args, TransformerConfig, "model_"),
         "src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
         "pad_id": tokenizer.special_tokens["<pad>"]})
     model = Transformer(model_cfg)
