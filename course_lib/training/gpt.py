@@ -258,12 +258,8 @@ def gpt2_tokenizer():
 def command(argv=None) -> int:
     """``python -m course_lib train gpt``: text -> tokenizer -> GPT -> trained run folder."""
     from course_lib.data import load_text
-<<<<<<< HEAD
-    from course_lib.tokenizer import CharTokenizer, TiktokenTokenizer, load_tokenizer
-    from course_lib.training.plan import plan_run
-=======
     from course_lib.tokenizer import CharTokenizer, load_tokenizer
->>>>>>> trust
+    from course_lib.training.plan import plan_run
 
     args = build_parser().parse_args(argv)
     file_values = read_json(args.config, "settings") if args.config else {}
