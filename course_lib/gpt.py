@@ -36,6 +36,7 @@ PRESETS: dict[str, dict] = {
     # CPU presets (characters): vocab_size comes from the tokenizer.
     "tiny": dict(block_size=64, n_layers=3, n_heads=4, d_model=96),
     "small-cpu": dict(block_size=64, n_layers=4, n_heads=4, d_model=128),  # nanoGPT's CPU model
+    "shakespeare-char": dict(block_size=256, n_layers=6, n_heads=6, d_model=384),  # nanoGPT's GPU model
 }
 
 
