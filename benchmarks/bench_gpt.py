@@ -1,14 +1,20 @@
-"""GPT benchmarks: training tokens/s of the course model against a naive one, MFU, and
-generation tokens/s with and without the KV cache. Prints a table.
+"""GPT benchmarks: training tokens/s of the course model against a compact reference GPT
+and a naive one, MFU, and generation tokens/s with and without the KV cache. Prints tables.
 
     python benchmarks/bench_gpt.py                        # on whatever device is present
     python benchmarks/bench_gpt.py --preset gpt2-124m     # GPT-2 small (meant for a GPU)
     python benchmarks/bench_gpt.py --shakespeare-cpu      # small-cpu on tiny Shakespeare, 5 minutes
 
-The naive model is the original courses' way: float32, attention written out (scores, a
-causal mask, softmax), no fused kernels, no compile. The course model is ``course_lib.gpt``
-trained as ``course_lib.gpt_train`` does: fused attention, and on CUDA bf16 autocast,
-``torch.compile`` and fused AdamW. Both see the same batches.
+Three models of the same configuration, on the same batches, in the same process, timed in
+interleaved rounds (so a busy machine slows all three alike; the median round counts):
+
+- naive: the original courses' way: attention written out (scores, a causal mask,
+  softmax), hand-written GELU, no fused kernels;
+- reference: written the way the fastest small implementations are: one fused q/k/v
+  projection, PyTorch's fused attention, no checks in the hot path;
+- course: ``course_lib.gpt`` as ``course_lib.training.gpt`` trains it.
+
+On CUDA all three get bf16 autocast, ``torch.compile`` and fused AdamW; on the CPU float32, eager.
 """
 
 from __future__ import annotations
@@ -27,11 +33,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from course_lib.gpt_train import PEAK_BF16_FLOPS, TrainConfig, configure_optimizer, get_batch  # noqa: E402
-
 from course_lib.env import get_device  # noqa: E402
 from course_lib.generate import generate  # noqa: E402
 from course_lib.gpt import GPT, GPTConfig  # noqa: E402
+from course_lib.training.gpt import PEAK_BF16_FLOPS, GPTTrainConfig, configure_optimizer, get_batch  # noqa: E402
 
 
 class NaiveBlock(nn.Module):
@@ -72,26 +77,73 @@ class NaiveGPT(nn.Module):
         return logits, F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+class RefBlock(nn.Module):
+    """Pre-norm block, compact: one q/k/v matrix, fused attention, nothing checked."""
+
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.n_heads = c.n_heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
+        self.c_attn, self.c_proj = nn.Linear(c.d_model, 3 * c.d_model), nn.Linear(c.d_model, c.d_model)
+        self.fc, self.proj = nn.Linear(c.d_model, 4 * c.d_model), nn.Linear(4 * c.d_model, c.d_model)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, D))
+        return x + self.proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+
+
+class RefGPT(NaiveGPT):
+    def __init__(self, c: GPTConfig):
+        super().__init__(c)
+        self.blocks = nn.ModuleList(RefBlock(c) for _ in range(c.n_layers))
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def train_speed(model, step_fn, cfg: TrainConfig, device, amp, tokens, block, steps, warmup, fused) -> float:
-    opt = configure_optimizer(model, cfg, device if fused else torch.device("cpu"))  # fused only on CUDA
-    for s in range(warmup + steps):
-        if s == warmup:
-            sync(device)
-            start = time.perf_counter()
-        x, y = get_batch(tokens, cfg.batch_size, block, 0, s, device=device)
-        with amp:
-            _, loss = step_fn(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    sync(device)
-    return steps * cfg.batch_size * block / (time.perf_counter() - start)
+class Trainer:
+    """One model's training steps (forward, backward, clip, AdamW), timed on request."""
+
+    def __init__(self, model, cfg: GPTTrainConfig, device, compile_it: bool):
+        self.model, self.cfg, self.device = model, cfg, device
+        self.step_fn = torch.compile(model) if compile_it else model
+        self.opt = configure_optimizer(model, cfg, device)
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    def run(self, tokens, block, first_step, steps, clock=time.perf_counter) -> float:
+        """Seconds for ``steps`` training steps."""
+        sync(self.device)
+        start = clock()
+        for s in range(first_step, first_step + steps):
+            x, y = get_batch(tokens, self.cfg.batch_size, block, 0, s, device=self.device)
+            with self.amp:
+                _, loss = self.step_fn(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        sync(self.device)
+        return clock() - start
+
+
+def interleaved_speeds(trainers: dict, tokens, block, batch, steps, rounds, warmup,
+                       clock=time.perf_counter) -> dict[str, float]:
+    """tokens/s of each trainer: the median of ``rounds`` rounds, each running every
+    trainer for ``steps`` steps in turn (in a rotating order), after ``warmup`` steps each."""
+    for t in trainers.values():
+        t.run(tokens, block, 0, warmup)
+    times = {name: [] for name in trainers}
+    names = list(trainers)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # each goes first in turn
+            times[name].append(trainers[name].run(tokens, block, warmup + r * steps, steps, clock))
+    return {name: steps * batch * block / sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
 def gen_speed(model, device, prompt_len, new, use_cache) -> float:
@@ -106,19 +158,21 @@ def gen_speed(model, device, prompt_len, new, use_cache) -> float:
 
 def shakespeare_cpu(minutes: float, threads: int) -> None:
     """small-cpu on tiny Shakespeare until 1.9 validation loss or ``minutes`` of wall clock."""
-    from course_lib.gpt_data import CharTokenizer, load_corpus
-    from course_lib.gpt_train import prepare_data, train
+    from course_lib.data import load_text
+    from course_lib.tokenizer import CharTokenizer
+    from course_lib.training.gpt import prepare_data, train
 
     torch.set_num_threads(threads)
     path = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tinyshakespeare"
-    text, source = load_corpus(str(path) if path.exists() else "tinyshakespeare")
+    loaded = load_text(str(path) if path.exists() else "tinyshakespeare")
+    text, source = loaded.text, loaded.source
     tok = CharTokenizer.from_text(text)
     data = prepare_data(text, tok)
     torch.manual_seed(1337)
     model = GPT(GPTConfig.preset("small-cpu", vocab_size=tok.vocab_size))
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(steps=3000, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=100, eval_batches=20,
-                          device="cpu", progress=False, out_dir=out, target_loss=1.9)
+        cfg = GPTTrainConfig(steps=3000, batch_size=16, lr=2e-3, warmup=100, eval_every=100, eval_batches=20,
+                             device="cpu", progress=False, out=out, target_loss=1.9, precision="fp32")
         start, state, resume = time.perf_counter(), None, False
         while time.perf_counter() - start < 60 * minutes:
             state = train(model, data, cfg, tokenizer=tok, resume=resume, until_step=(state or {"step": 0})["step"] + 100)
@@ -135,7 +189,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default=None, help="default: gpt2-124m on CUDA, small-cpu elsewhere")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="steps per round")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: time by the process's CPU time (for a busy machine; with --threads 1)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shakespeare-cpu", action="store_true")
@@ -151,30 +208,34 @@ def main(argv=None) -> int:
     else:
         torch.set_float32_matmul_precision("high")
     preset = args.preset or ("gpt2-124m" if cuda else "small-cpu")
-    c = GPTConfig.preset(preset) if preset.startswith("gpt2") else GPTConfig.preset(preset, vocab_size=96)
-    block, steps = c.block_size, args.steps or (30 if cuda else 10)
-    cfg = TrainConfig(batch_size=args.batch_size or 16, device=str(device))
+    # the CPU configuration: nanoGPT's small CPU model on tiny Shakespeare's 65 characters
+    c = GPTConfig.preset(preset) if preset.startswith("gpt2") else GPTConfig.preset(preset, vocab_size=65)
+    block = c.block_size
+    batch = args.batch_size or (16 if cuda else 12)
+    cfg = GPTTrainConfig(batch_size=batch, device=str(device))
     tokens = torch.randint(0, c.vocab_size, (200_000,))
-    rows = []
-    torch.manual_seed(0)
-    naive = NaiveGPT(c).to(device)
-    rows.append(("naive: fp32, hand-written attention, eager",
-                 train_speed(naive, naive, cfg, device, nullcontext(), tokens, block, steps, 3, fused=False)))
-    del naive
-    model = GPT(c).to(device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cuda else nullcontext()
-    step_fn = torch.compile(model) if cuda else model
-    label = "course: fused attention" + (", bf16, compile, fused AdamW" if cuda else ", fp32, eager")
-    rows.append((label, train_speed(model, step_fn, cfg, device, amp, tokens, block, steps, 10 if cuda else 3, fused=cuda)))
+    trainers = {}
+    for name, cls in (("naive", NaiveGPT), ("reference", RefGPT), ("course", GPT)):
+        torch.manual_seed(0)
+        trainers[name] = Trainer(cls(c).to(device), cfg, device, compile_it=cuda)
+    steps, rounds = args.steps or (20 if cuda else 10), args.rounds
+    # --clock cpu: the process's CPU time, which other programs on a shared machine barely change
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    speeds = interleaved_speeds(trainers, tokens, block, batch, steps, rounds, warmup=10 if cuda else 3, clock=clock)
+    model = trainers["course"].model
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if cuda and k in torch.cuda.get_device_name(device)), None)
     fpt = model.flops_per_token()
     print(f"device: {torch.cuda.get_device_name(device) if cuda else f'cpu ({torch.get_num_threads()} threads)'}; "
-          f"model {preset} ({model.num_parameters():,} params), batch {cfg.batch_size} x {block} tokens")
-    print("| training | tokens/s | speed-up | MFU |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, tps in rows:
+          f"torch {torch.__version__}; model {preset} ({model.num_parameters():,} params, {c.n_layers} layers, "
+          f"{c.n_heads} heads, d_model {c.d_model}, context {block}, vocabulary {c.vocab_size}), "
+          f"batch {batch}; median of {rounds} interleaved rounds of {steps} steps, {args.clock} clock")
+    print("| training | tokens/s | vs naive | vs reference | MFU |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    labels = {"naive": "naive: hand-written attention", "reference": "reference: fused q/k/v, fused attention",
+              "course": "course_lib.gpt"}
+    for name, tps in speeds.items():
         mfu = f"{100 * fpt * tps / peak:.1f}%" if peak else "n/a (CPU)" if not cuda else "n/a"
-        print(f"| {name} | {tps:,.0f} | {tps / rows[0][1]:.1f}x | {mfu} |")
+        print(f"| {labels[name]} | {tps:,.0f} | {tps / speeds['naive']:.2f}x | {tps / speeds['reference']:.2f}x | {mfu} |")
     model.eval()
     prompt_len, new = 16, min(256, block - 16)
     print(f"\n| generation ({prompt_len}-token prompt, {new} new tokens, batch 1) | tokens/s |")

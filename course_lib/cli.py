@@ -14,6 +14,7 @@ and exit status 2.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -48,8 +49,8 @@ def generate_command(argv=None) -> int:
     p.add_argument("--top-p", type=float, default=None, help="sample among the most likely tokens of this mass")
     p.add_argument("--num-samples", type=int, default=1, help="how many samples")
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampling")
-    p.add_argument("--cache", action="store_true", default=True, help="use the KV cache (default)")
-    p.add_argument("--no-cache", dest="cache", action="store_false", help="recompute the context at every step")
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep keys and values of earlier positions (--no-cache: recompute the context each step)")
     args = p.parse_args(argv)
     check_sampling_args(args.temperature, args.top_k, args.top_p)
     if args.num_samples < 1:

@@ -27,6 +27,21 @@ def _check_ids(ids: torch.Tensor, vocab_size: int) -> None:
         )
 
 
+def embed(ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None = None) -> torch.Tensor:
+    """``F.embedding`` with a clear error for an id outside the vocabulary. On the CPU the
+    lookup itself refuses such an id, so the ids are only read (two reductions and a wait)
+    when it has: the check costs nothing on the hot path. On GPUs a bad id is a device-side
+    assert, so there they are checked first."""
+    if ids.device.type != "cpu":
+        _check_ids(ids, weight.shape[0])
+        return nn.functional.embedding(ids, weight, padding_idx)
+    try:
+        return nn.functional.embedding(ids, weight, padding_idx)
+    except (IndexError, RuntimeError):
+        _check_ids(ids, weight.shape[0])  # raises the clear error
+        raise
+
+
 class TokenEmbedding(nn.Module):
     """Lookup table ``vocab_size x d_model``; outputs are scaled by sqrt(d_model) when
     ``scale=True`` (the paper's encoder-decoder; GPT-2 does not scale)."""
@@ -42,8 +57,7 @@ class TokenEmbedding(nn.Module):
                 self.weight[padding_idx].zero_()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        _check_ids(ids, self.vocab_size)
-        x = nn.functional.embedding(ids, self.weight, self.padding_idx)
+        x = embed(ids, self.weight, self.padding_idx)
         return x * math.sqrt(self.d_model) if self.scale else x
 
 

@@ -29,8 +29,9 @@ from course_lib.training.precision import PRECISIONS, Precision
 TOKENIZER = "tokenizer.json"
 
 
-def _help(text: str, **extra) -> dict:
-    return {"metadata": {"help": text, **extra}}
+def setting(default, help: str, **extra):
+    """A settings field with the help text (and ``choices``) its command-line flag shows."""
+    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass
@@ -42,23 +43,23 @@ class TrainConfig:
     run gives the same result on 1 or N processes, with or without accumulation.
     """
 
-    data: str = field(default="", **_help("where the text comes from"))
-    out: str | None = field(default=None, **_help("run folder: checkpoint.safetensors, config.json, "
-                                                  "tokenizer.json, loss.png"))
-    steps: int | None = field(default=None, **_help("optimizer steps: the length of the schedule"))
-    batch_size: int = field(default=16, **_help("examples per optimizer step (all ranks and micro-batches)"))
-    grad_accum: int = field(default=1, **_help("micro-batches per step (less memory, same result)"))
-    lr: float | None = field(default=None, **_help("peak learning rate"))
-    warmup: int = field(default=100, **_help("steps of linear learning-rate warmup"))
-    grad_clip: float = field(default=1.0, **_help("clip the global gradient norm to this (0: off)"))
-    eval_every: int = field(default=100, **_help("evaluate, log and checkpoint every N steps"))
-    seed: int = field(default=1337, **_help("seed of the initial weights, the batches and dropout"))
-    device: str | None = field(default=None, **_help("cpu, cuda, cuda:1, mps (default: the best found)"))
-    precision: str = field(default="auto", **_help("auto: bf16 on Ampere+, fp16 + scaler on 7.x, fp32 "
-                                                   "elsewhere", choices=PRECISIONS))
-    compile: bool | None = field(default=None, **_help("torch.compile the model (default: on CUDA GPUs)"))
-    fsdp: bool = field(default=False, **_help("under torchrun: shard with FSDP instead of DDP"))
-    progress: bool = field(default=True, **_help("show a progress bar"))
+    data: str = setting("", "where the text comes from")
+    out: str | None = setting(None, "run folder: checkpoint.safetensors, config.json, "
+                              "tokenizer.json, loss.png")
+    steps: int | None = setting(None, "optimizer steps: the length of the schedule")
+    batch_size: int = setting(16, "examples per optimizer step (all ranks and micro-batches)")
+    grad_accum: int = setting(1, "micro-batches per step (less memory, same result)")
+    lr: float | None = setting(None, "peak learning rate")
+    warmup: int = setting(100, "steps of linear learning-rate warmup")
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
+    eval_every: int = setting(100, "evaluate, log and checkpoint every N steps")
+    seed: int = setting(1337, "seed of the initial weights, the batches and dropout")
+    device: str | None = setting(None, "cpu, cuda, cuda:1, mps (default: the best found)")
+    precision: str = setting("auto", "auto: bf16 on Ampere+, fp16 + scaler on 7.x, fp32 "
+                             "elsewhere", choices=PRECISIONS)
+    compile: bool | None = setting(None, "torch.compile the model (default: on CUDA GPUs)")
+    fsdp: bool = setting(False, "under torchrun: shard with FSDP instead of DDP")
+    progress: bool = setting(True, "show a progress bar")
 
     def __post_init__(self):
         problems = []
@@ -253,12 +254,18 @@ class UsageError(ValueError):
     """A mistake in what the user typed or pointed at; commands print it as one line."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # a help text that names its default keeps it
+        help_text = action.help or ""
+        return help_text if "(default" in help_text else super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports a mistake as one ``error: ...`` line (exit 2), every flag's
     default shown in ``--help``."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -270,22 +277,23 @@ _TYPES = {"int": int, "float": float, "str": str}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "", title: str | None = None,
-                         skip: tuple[str, ...] = ()) -> None:
+                         skip: tuple[str, ...] = (), defaults: dict | None = None) -> None:
     """One ``--flag`` per field of the dataclass ``cls`` (``batch_size`` -> ``--batch-size``),
-    with its help text and default; booleans get ``--x/--no-x``. Unset flags stay None,
-    so a ``--config`` file and the defaults can fill them."""
+    with its help text and default (``defaults`` overrides the dataclass's, as a command
+    does); booleans get ``--x/--no-x``. Unset flags stay None, so that a ``--config`` file
+    and the defaults can fill them (see ``given``)."""
     group = parser.add_argument_group(title) if title else parser
     for f in fields(cls):
         if f.name in skip:
             continue
-        default = f.default if f.default is not MISSING else None
+        default = (defaults or {}).get(f.name, f.default if f.default is not MISSING else None)
         help_text = f.metadata.get("help", "") + f" (default: {default})"
         flag, dest = "--" + f.name.replace("_", "-"), prefix + f.name
         base = str(f.type).replace(" | None", "")
         if base == "bool":
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            group.add_argument(flag, dest=dest, type=_TYPES.get(base, str), default=None,
+            group.add_argument(flag, dest=dest, type=_TYPES.get(base, str), default=None, metavar=f.name.upper(),
                                choices=f.metadata.get("choices"), help=help_text)
 
 

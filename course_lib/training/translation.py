@@ -21,7 +21,7 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,6 +48,7 @@ from course_lib.training.core import (
     resume_run,
     save_run,
     set_lr,
+    setting,
 )
 from course_lib.training.precision import choose_precision, compile_model
 from course_lib.transformer import CHECKPOINT_DEFAULTS, COURSE_MODEL_KEYS, TransformerConfig
@@ -62,39 +63,34 @@ PRESETS = {
 COURSE_TRAIN_KEYS = {"train_data": "data", "learning_rate": "lr"}
 
 
-def _help(text: str, **extra) -> dict:
-    return {"metadata": {"help": text, **extra}}
-
-
 @dataclass
 class TranslationTrainConfig(TrainConfig):
-    data: str = field(default="generated", **_help("'generated' (offline), 'talks' (hub) or a local prefix "
-                                                   "such as ../shared/data/multi30k/train (PREFIX.en/.de[.gz])"))
-    steps: int | None = field(default=None, **_help("optimizer steps (default: epochs x steps per epoch)"))
-    batch_size: int = field(default=64, **_help("sentence pairs per optimizer step (all ranks and micro-batches)"))
-    warmup: int = field(default=4000, **_help("steps of linear learning-rate warmup"))
-    lr: float | None = field(default=None, **_help("peak learning rate (default: the paper's formula)"))
-    grad_clip: float = field(default=0.0, **_help("clip the global gradient norm to this (0: off, as the paper)"))
-    eval_every: int = field(default=250, **_help("evaluate, log and checkpoint every N steps"))
-    seed: int = field(default=0, **_help("seed of the initial weights, the batches and dropout"))
-    valid_data: str | None = field(default=None, **_help("validation pairs (default: the matching split of --data)"))
-    n_train: int = field(default=20000, **_help("training pairs to use (generated: how many to make)"))
-    n_valid: int = field(default=400, **_help("validation pairs to use"))
-    tokenizer: str = field(default="word", **_help("joint vocabulary: word or bpe", choices=("word", "bpe")))
-    bpe_vocab_size: int = field(default=8000, **_help("vocabulary size of --tokenizer bpe"))
-    epochs: int = field(default=10, **_help("passes over the data when --steps is not given"))
-    lr_scale: float = field(default=1.0, **_help("multiplies the paper's schedule (when --lr is not given)"))
-    label_smoothing: float = field(default=0.1, **_help("label smoothing (5.4)"))
-    schedule: str = field(default="noam", **_help("learning rate: noam (the paper's: warmup, then 1/sqrt(step)) "
-                                                  "or linear (warmup, then straight down to 0 at the end of "
-                                                  "--steps or --max-minutes, whichever comes first)",
-                                                  choices=("noam", "linear")))
-    max_minutes: float | None = field(default=None, **_help("stop after this many minutes of training "
-                                                            "(evaluation not counted; one process only)"))
-    average_last: int = field(default=0, **_help("at the end, average the weights of the last N evaluation "
-                                                 "checkpoints (0 or 1: off)"))
-    eval_beam: int = field(default=4, **_help("beam size of the final BLEU evaluation (1: greedy)"))
-    eval_alpha: float = field(default=0.6, **_help("length penalty of the final beam search (6.1)"))
+    data: str = setting("generated", "'generated' (offline), 'talks' (hub) or a local prefix "
+                        "such as ../shared/data/multi30k/train (PREFIX.en/.de[.gz])")
+    steps: int | None = setting(None, "optimizer steps (default: epochs x steps per epoch)")
+    batch_size: int = setting(64, "sentence pairs per optimizer step (all ranks and micro-batches)")
+    warmup: int = setting(4000, "steps of linear learning-rate warmup")
+    lr: float | None = setting(None, "peak learning rate (default: the paper's formula)")
+    grad_clip: float = setting(0.0, "clip the global gradient norm to this (0: off, as the paper)")
+    eval_every: int = setting(250, "evaluate, log and checkpoint every N steps")
+    seed: int = setting(0, "seed of the initial weights, the batches and dropout")
+    valid_data: str | None = setting(None, "validation pairs (default: the matching split of --data)")
+    n_train: int = setting(20000, "training pairs to use (generated: how many to make)")
+    n_valid: int = setting(400, "validation pairs to use")
+    tokenizer: str = setting("word", "joint vocabulary: word or bpe", choices=("word", "bpe"))
+    bpe_vocab_size: int = setting(8000, "vocabulary size of --tokenizer bpe")
+    epochs: int = setting(10, "passes over the data when --steps is not given")
+    lr_scale: float = setting(1.0, "multiplies the paper's schedule (when --lr is not given)")
+    label_smoothing: float = setting(0.1, "label smoothing (5.4)")
+    schedule: str = setting("noam", "learning rate: noam (the paper's: warmup, then 1/sqrt(step)) or linear "
+                            "(warmup, then straight down to 0 at the end of --steps or --max-minutes, whichever "
+                            "comes first)", choices=("noam", "linear"))
+    max_minutes: float | None = setting(None, "stop after this many minutes of training (evaluation not counted; "
+                                        "one process only)")
+    average_last: int = setting(0, "at the end, average the weights of the last N evaluation checkpoints "
+                                "(0 or 1: off)")
+    eval_beam: int = setting(4, "beam size of the final BLEU evaluation (1: greedy)")
+    eval_alpha: float = setting(0.6, "length penalty of the final beam search (6.1)")
 
     def check(self) -> list[str]:
         problems = [f"{name}={getattr(self, name)!r} must be an integer >= 1"
@@ -355,6 +351,9 @@ def evaluate_translations(model, tokenizer, pairs, beam_size: int = 1, alpha: fl
 
 # ---- command line --------------------------------------------------------------------------
 
+COMMAND_DEFAULTS = {"out": "runs/translate"}  # the command writes a run folder; the library only if asked
+
+
 def build_parser() -> Parser:
     p = Parser(prog="python -m course_lib train translate",
                description="Train the encoder-decoder Transformer for translation (notebook 07).")
@@ -364,7 +363,7 @@ def build_parser() -> Parser:
                    "train_data, model_dim, ...)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--until-step", type=int, default=None, help="stop (and save) at this step, as if interrupted")
-    add_config_arguments(p, TranslationTrainConfig, title="training")
+    add_config_arguments(p, TranslationTrainConfig, title="training", defaults=COMMAND_DEFAULTS)
     add_config_arguments(p, TransformerConfig, prefix="model_", title="model (overrides the preset)",
                          skip=("model_type", "src_vocab_size", "tgt_vocab_size", "pad_id"))
     return p
@@ -383,7 +382,7 @@ def command(argv=None) -> int:
     preset = args.preset or (read_json(args.config, "config").get("preset") if args.config else None) or "small"
     if preset not in PRESETS:
         raise ValueError(f"{args.config}: preset {preset!r} is not one of {sorted(PRESETS)}.")
-    cfg = TranslationTrainConfig.from_dict({"out": "runs/translate", **train_file,
+    cfg = TranslationTrainConfig.from_dict({**COMMAND_DEFAULTS, **train_file,
                                             **given(args, TranslationTrainConfig)})
     run = RunFolder(cfg.out)  # checked before any work: a file, or not writable, is an error now
     if args.resume:

@@ -1,0 +1,134 @@
+"""The library's shape: every module imports on its own (no import cycles), and the two
+training commands speak one vocabulary (the same flag for the same setting)."""
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import course_lib
+from course_lib.training import gpt, translation
+from course_lib.training.core import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Each module is imported first, on its own, with every course_lib module forgotten before:
+# a cycle (a imports b, which imports a) fails exactly as in a fresh interpreter.
+_IMPORT_EACH = """
+import importlib, sys
+import torch  # loaded once: the point is course_lib's own modules
+failed = []
+for name in sys.argv[1:]:
+    for loaded in [m for m in sys.modules if m == "course_lib" or m.startswith("course_lib.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        failed.append(f"{name}: {type(exc).__name__}: {exc}")
+print("\\n".join(failed) or "all imported")
+"""
+
+
+def all_modules() -> list[str]:
+    names = [m.name for m in pkgutil.walk_packages(course_lib.__path__, "course_lib.")]
+    return ["course_lib"] + [n for n in names if not n.endswith("__main__")]
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    modules = all_modules()
+    assert {"course_lib.scaleout.checkpoint", "course_lib.scaleout.distributed", "course_lib.models",
+            "course_lib.training.core", "course_lib.data.sources"} <= set(modules)
+    done = subprocess.run([sys.executable, "-c", _IMPORT_EACH, *modules], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "all imported", done.stdout
+
+
+def test_a_cycle_would_be_caught(tmp_path):
+    """The check above can fail: two modules that import each other are reported."""
+    pkg = tmp_path / "cyc"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from cyc.b import B\nA = 1\n")
+    (pkg / "b.py").write_text("from cyc.a import A\nB = 2\n")
+    done = subprocess.run([sys.executable, "-c", _IMPORT_EACH.replace("course_lib", "cyc"), "cyc.a"],
+                          capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert "cyc.a: ImportError" in done.stdout
+
+
+def _flags(parser) -> dict[str, str]:
+    """flag -> the setting (dest) it fills."""
+    return {opt: action.dest for action in parser._actions for opt in action.option_strings}
+
+
+SHARED_MODEL = ("d_model", "n_heads", "n_layers", "dropout", "layer_norm_eps")
+
+
+def test_both_training_commands_accept_the_same_flags_for_the_same_settings():
+    flags = {"gpt": _flags(gpt.build_parser()), "translate": _flags(translation.build_parser())}
+    shared = ["--preset", "--config", "--resume", "--until-step"]
+    shared += ["--" + name.replace("_", "-") for name in TrainConfig.__dataclass_fields__]
+    shared += ["--no-compile", "--no-progress", "--no-fsdp"]
+    shared += ["--" + name.replace("_", "-") for name in SHARED_MODEL]
+    for flag in shared:
+        assert flag in flags["gpt"] and flag in flags["translate"], flag
+        assert flags["gpt"][flag] == flags["translate"][flag], flag  # the same setting
+    # The same words give the same settings in both.
+    argv = ["--steps", "7", "--batch-size", "8", "--grad-accum", "2", "--lr", "0.01", "--warmup", "3",
+            "--eval-every", "5", "--seed", "4", "--precision", "fp32", "--no-compile", "--out", "r",
+            "--device", "cpu", "--grad-clip", "0.5", "--no-progress"]
+    g = gpt.GPTTrainConfig.from_dict(
+        {"out": None, **{k: v for k, v in vars(gpt.build_parser().parse_args(argv)).items()
+                         if k in TrainConfig.__dataclass_fields__ and v is not None}})
+    t = translation.TranslationTrainConfig.from_dict(
+        {**{k: v for k, v in vars(translation.build_parser().parse_args(argv)).items()
+            if k in TrainConfig.__dataclass_fields__ and v is not None}})
+    for name in TrainConfig.__dataclass_fields__:
+        if name != "data":
+            assert getattr(g, name) == getattr(t, name), name
+
+
+@pytest.mark.parametrize("command", [["train", "gpt"], ["train", "translate"], ["generate"], ["translate"],
+                                     ["export-attention"]])
+def test_help_lists_every_flag_with_its_default(command, capsys):
+    from course_lib.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    options = [line.split()[0] for line in text.splitlines() if line.strip().startswith("--")]
+    assert options
+    blocks = text.split("\n  -")
+    for block in blocks[1:]:
+        if block.startswith("h, --help"):
+            continue
+        assert "(default:" in " ".join(block.split()), block  # every flag says its default
+
+
+def test_old_run_folders_still_load(tmp_path):
+    """A course_lib 0.1 run (``ckpt.safetensors``, GPT-2-style parameter names) loads."""
+    import torch
+
+    from course_lib.checkpoint import save_checkpoint
+    from course_lib.gpt import GPT, GPTConfig
+    from course_lib.models import load_trained
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layers=2, n_heads=2, d_model=8))
+    old_names = {"tok_embed": "tok_emb", "pos_embed": "pos_emb", "layers": "blocks", "final_norm": "ln_f",
+                 "out_proj": "lm_head", "self_attn_norm": "ln_1", "ff_norm": "ln_2", "self_attn": "attn",
+                 "ff.w_1": "mlp.c_fc", "ff.w_2": "mlp.c_proj"}
+    state = {}
+    for key, value in model.state_dict().items():
+        for new, old in old_names.items():
+            key = key.replace(new, old)
+        state[key] = value
+    assert "blocks.0.mlp.c_fc.weight" in state and "layers.0.ff.w_1.weight" not in state
+    save_checkpoint(tmp_path / "ckpt.safetensors", state, model.config.to_dict())
+    loaded = load_trained(tmp_path)
+    x = torch.randint(0, 10, (1, 8))
+    torch.testing.assert_close(loaded.model(x)[0], model.eval()(x)[0])
