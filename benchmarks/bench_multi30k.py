@@ -107,21 +107,19 @@ def main() -> None:
           f"{tok.vocab_size}, {len(train_pairs):,} training pairs; {args.minutes:g} min on "
           f"{args.threads} thread(s), load average now {os.getloadavg()[0]:.1f}", flush=True)
 
-    snapshots, sentences = [], [0]
-    batch_sizes = {}
+    snapshots = []
+    steps_per_epoch = -(-len(train_pairs) // cfg.batch_size)
 
     def on_step(state, m):
-        sentences[0] += cfg.batch_size
         due = (len(snapshots) + 1) * 60 * args.curve_every
         if state["train_seconds"] >= due:
             snapshots.append({"minutes": state["train_seconds"] / 60, "step": state["step"],
-                              "epoch": state["step"] / batch_sizes["steps_per_epoch"],
+                              "epoch": state["step"] / steps_per_epoch,
                               "weights": {k: v.detach().clone() for k, v in m.state_dict().items()}})
             print(f"  {state['train_seconds'] / 60:5.1f} min: step {state['step']}, "
                   f"loss {state['train_losses'][-1][1]:.3f}", flush=True)
         return False
 
-    batch_sizes["steps_per_epoch"] = -(-len(train_pairs) // cfg.batch_size)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     state = train(model, tok, train_pairs, valid_pairs, cfg, on_step=on_step)
     cpu_train, wall_all = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -132,6 +130,11 @@ def main() -> None:
           f"averaged {state.get('averaged_steps')}", flush=True)
 
     model.eval()
+    greedy_bleu, greedy_sps, greedy_hyps = bleu(model, tok, valid_pairs, 1, cfg.eval_alpha)
+    print(f"final model, greedy: BLEU {greedy_bleu:.2f} on {len(valid_pairs)} sentences, {greedy_sps:.1f} sentences/s",
+          flush=True)
+    beam_bleu, beam_sps, beam_hyps = bleu(model, tok, valid_pairs, 4, cfg.eval_alpha)
+    print(f"final model, beam 4: BLEU {beam_bleu:.2f}, {beam_sps:.1f} sentences/s", flush=True)
     curve_pairs = valid_pairs[: args.curve_n]
     curve = []
     final_weights = {k: v.clone() for k, v in model.state_dict().items()}
@@ -147,8 +150,6 @@ def main() -> None:
     curve.append({"minutes": train_secs / 60, "step": state["step"], "epoch": state["step"] / state["steps_per_epoch"],
                   "greedy": g_curve, "beam4": b_curve, "final": True})
 
-    greedy_bleu, greedy_sps, greedy_hyps = bleu(model, tok, valid_pairs, 1, cfg.eval_alpha)
-    beam_bleu, beam_sps, beam_hyps = bleu(model, tok, valid_pairs, 4, cfg.eval_alpha)
     rows = [
         ("model", f"{preset}: d_model {mcfg.d_model}, {mcfg.n_layers}+{mcfg.decoder_layers} layers, d_ff {mcfg.d_ff}, "
                   f"{model.num_parameters():,} parameters (embeddings shared: {mcfg.share_embeddings})"),
