@@ -218,6 +218,9 @@ class MultiHeadAttention(nn.Module):
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x W_Q, x W_K, x W_V`` (each ``(B, L, d_model)``) as one stacked product."""
+        projections = (self.w_q, self.w_k, self.w_v)
+        if any(type(m) is not nn.Linear for m in projections):  # wrapped (LoRA, quantized): call each
+            return tuple(m(x) for m in projections)
         weight = torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])
         bias = None if self.w_q.bias is None else torch.cat([self.w_q.bias, self.w_k.bias, self.w_v.bias])
         return F.linear(x, weight, bias).chunk(3, dim=-1)

@@ -9,13 +9,22 @@ checkpoint never runs code.
 
 Writes go to a temporary file in the same folder, are flushed to disk, then moved
 over the old file with ``os.replace``, so a run killed mid-write leaves the previous
-checkpoint intact.
+checkpoint intact. The temporary file's name carries the host and process id
+(``.checkpoint.safetensors.HOST.PID.XXXX.tmp``); the next write into the folder removes
+the ones left by processes of this host that are no longer running (a ``kill -9``).
+
+Errors: a missing file is a ``FileNotFoundError``; a file that is not a checkpoint of the
+course (empty, truncated, another format, no course metadata) is a ``CheckpointError``,
+and one written for another model configuration a ``CheckpointConfigError``: both are
+``ValueError`` subclasses whose message names the file, what is wrong and what to do.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,13 +33,54 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 
-class CheckpointConfigError(ValueError):
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of the course (or is damaged)."""
+
+
+class CheckpointConfigError(CheckpointError):
     """A checkpoint was written for another model configuration."""
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process (or we cannot tell): leave its file alone
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files of writes to ``path`` whose process (on this host) is
+    gone, i.e. was killed mid-write. Returns what was removed."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+    removed = []
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for candidate in candidates:
+        match = pattern.match(candidate.name)
+        if match and match["host"] == _host() and not _pid_alive(int(match["pid"])):
+            try:
+                candidate.unlink()
+                removed.append(candidate)
+            except OSError:
+                pass
+    return removed
 
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -152,15 +202,39 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def _not_ours(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a checkpoint of this course ({what}); point to the checkpoint.safetensors "
+        "of a run folder written by `python -m course_lib train`, or train again."
+    )
+
+
 def read_metadata(path: str | Path) -> dict:
     """The JSON parts of a checkpoint (``config``, ``train_state``, ...), without tensors.
     ``path`` is the file or its run folder."""
     path = resolve_checkpoint(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; train first or check the path.")
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
-    return {k: json.loads(v) for k, v in raw.items()}
+    if not path.is_file():
+        raise _not_ours(path, "it is not a file")
+    if path.stat().st_size == 0:
+        raise _not_ours(path, "the file is empty: a write was interrupted or it was truncated")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as exc:  # safetensors' own error type: a damaged or foreign file
+        raise _not_ours(path, f"not a readable safetensors file: {str(exc).splitlines()[0][:200]}") from None
+    meta = {}
+    for key, value in raw.items():
+        try:
+            meta[key] = json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            raise _not_ours(path, f"its metadata entry {key!r} is not JSON") from None
+    if not isinstance(meta.get("config"), dict):
+        raise _not_ours(path, "a safetensors file without the course's model config in its metadata")
+    if not isinstance(meta.get("train_state", {}), dict):
+        raise _not_ours(path, "its train_state is not a JSON object")
+    return meta
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
@@ -170,14 +244,24 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     """
     path = resolve_checkpoint(path)
     meta = read_metadata(path)
-    tensors = load_file(str(path), device=str(device))
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except Exception as exc:  # truncated or damaged tensor data
+        raise _not_ours(path, f"its tensors cannot be read: {str(exc).splitlines()[0][:200]}") from None
     groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}}
     for key, value in tensors.items():
-        prefix, name = key.split(".", 1)
+        prefix, _, name = key.partition(".")
+        if prefix not in groups or not name:
+            raise _not_ours(path, f"unexpected tensor {key[:80]!r} (ours start with model., optim. or rng.)")
         groups[prefix][name] = value
+    if not groups["model"]:
+        raise _not_ours(path, "it holds no model weights")
     optimizer = None
     if "optimizer" in meta:
-        optimizer = unflatten_optimizer_state(groups["optim"], meta["optimizer"])
+        try:
+            optimizer = unflatten_optimizer_state(groups["optim"], meta["optimizer"])
+        except (KeyError, ValueError, TypeError, AttributeError):
+            raise _not_ours(path, "its optimizer state is damaged") from None
     return {
         "model": groups["model"],
         "config": meta.get("config", {}),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -27,7 +28,7 @@ COMMANDS = ("train", "generate", "translate", "export-attention")
 def _device(args):
     from course_lib.env import get_device
 
-    return get_device(args.device)
+    return get_device(args.device, source="--device")
 
 
 def _run_arguments(p: Parser, text_help: str, nargs="?") -> None:
@@ -129,7 +130,7 @@ def export_attention_command(argv=None) -> int:
                                   target_tokens=tgt_labels, out_dir=args.out, formats=args.formats)
     n = sum(len(m["files"]) for m in index["modules"]) + sum(len(g["files"]) for g in index["grids"])
     print(f"{trained.kind}: {len(index['modules'])} attention modules, "
-          f"{sum(m['heads'] for m in index['modules'])} heads -> {n} figures in {args.out}")
+          f"{sum(m['heads'] for m in index['modules'])} heads -> {n} figures in {Path(args.out).resolve()}")
     return 0
 
 

@@ -33,21 +33,39 @@ def mps_is_usable() -> bool:
     return bool(mps is not None and mps.is_available() and _torch_version() >= (2, 4))
 
 
-def get_device(prefer: str | None = None) -> torch.device:
-    """The device to run on: ``prefer``, else ``$COURSE_DEVICE``, else CUDA > MPS > CPU."""
-    choice = prefer or os.environ.get("COURSE_DEVICE")
+class DeviceError(ValueError, RuntimeError):
+    """A device was asked for that is not here (or is not a device name)."""
+
+
+def get_device(prefer: str | torch.device | None = None, source: str | None = None) -> torch.device:
+    """The device to run on: ``prefer``, else ``$COURSE_DEVICE``, else CUDA > MPS > CPU.
+
+    ``source`` names where ``prefer`` came from (``"--device"`` for a command), so that an
+    error about it points there; without it, ``device=...`` is named.
+    """
+    from_env = not prefer and bool(os.environ.get("COURSE_DEVICE"))
+    choice = str(prefer) if prefer else os.environ.get("COURSE_DEVICE")
     if choice:
-        device = torch.device(choice)
+        if from_env:
+            asked, fix = f"COURSE_DEVICE={choice!r}", "unset COURSE_DEVICE or set it to 'cpu'"
+        elif source:
+            asked, fix = f"{source} {choice}", f"use {source} cpu, or leave {source} out to use the best device found"
+        else:
+            asked, fix = f"device={choice!r}", "ask for 'cpu', or leave the device unset to use the best one found"
+        try:
+            device = torch.device(choice)
+        except (RuntimeError, ValueError, TypeError):
+            raise DeviceError(f"{asked} is not a device name; use cpu, cuda, cuda:1 or mps "
+                              f"({fix.replace('set it to', 'choose')}).") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
-                f"COURSE_DEVICE={choice!r} asks for CUDA, but torch sees no CUDA GPU; "
-                "unset COURSE_DEVICE or set it to 'cpu'."
-            )
+            raise DeviceError(f"{asked} asks for CUDA, but torch sees no CUDA GPU; {fix}.")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"{asked} asks for GPU {device.index}, but torch sees "
+                              f"{torch.cuda.device_count()}; {fix}.")
         if device.type == "mps" and not mps_is_usable():
-            raise RuntimeError(
-                f"COURSE_DEVICE={choice!r} asks for MPS, which is not available here; "
-                "unset COURSE_DEVICE or set it to 'cpu'."
-            )
+            raise DeviceError(f"{asked} asks for MPS, which is not available here; {fix}.")
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise DeviceError(f"{asked} is not a device the course runs on; use cpu, cuda or mps ({fix}).")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -70,6 +88,20 @@ def get_scale(device: torch.device | str | None = None) -> str:
 def pick(small, full, scale: str | None = None):
     """Return ``small`` or ``full`` according to the scale (see ``get_scale``)."""
     return full if (scale or get_scale()) == "full" else small
+
+
+def train_steps(steps: int) -> int:
+    """A notebook's number of training steps: ``steps``, or ``$COURSE_STEPS`` when set.
+
+    For quick runs of the whole notebook where the trained model's quality does not matter
+    (the real-browser test runs notebook 07 with ``COURSE_STEPS=600``); unset, it changes nothing.
+    """
+    value = os.environ.get("COURSE_STEPS", "").strip()
+    if not value:
+        return steps
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"COURSE_STEPS={value!r} is not a positive number of steps; unset it or fix it.")
+    return int(value)
 
 
 def seed_everything(seed: int = 1337) -> int:
@@ -111,3 +143,53 @@ def describe() -> str:
         f"torch {torch.__version__} | device {name} | scale {get_scale(device)} | "
         f"python {sys.version.split()[0]}"
     )
+
+
+def install_source(direct_url: str | None, location: str | Path) -> str:
+    """Where course_lib (the package folder ``location``) came from, read from pip's ``direct_url.json`` (PEP 610): a git
+    URL and commit, a local (editable) checkout, or a plain folder on ``sys.path``."""
+    import json
+
+    if direct_url:
+        try:
+            info = json.loads(direct_url)
+        except ValueError:
+            info = {}
+        url = info.get("url", "")
+        vcs = info.get("vcs_info") or {}
+        if vcs:
+            commit = vcs.get("commit_id", "")[:10]
+            return f"git+{url}" + (f" @ {commit}" if commit else "") + " (pip install)"
+        if (info.get("dir_info") or {}).get("editable"):
+            return f"{url.removeprefix('file://')} (editable install)"
+        if url:
+            return f"{url} (pip install)"
+    return f"{Path(location).resolve().parent} (a folder on sys.path, not installed)"
+
+
+def setup_report() -> str:
+    """What the first cell of every notebook prints: where course_lib was installed from,
+    the torch version and the device found (with the GPU's name and memory)."""
+    from importlib import metadata
+
+    import course_lib
+
+    here = Path(course_lib.__file__).resolve().parent
+    direct_url = None
+    try:  # pip's record describes this copy only if it installed it (not a checkout on sys.path)
+        dist = metadata.distribution("course_lib")
+        record = dist.read_text("direct_url.json") or ""
+        installed = {Path(dist.locate_file(f)).resolve() for f in dist.files or []}
+        if here / "__init__.py" in installed or f"file://{here.parent}" in record:
+            direct_url = record
+    except metadata.PackageNotFoundError:
+        pass
+    device = get_device()
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        found = f"cuda ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    else:
+        found = device.type + (" (no GPU found)" if device.type == "cpu" and not torch.cuda.is_available() else "")
+    colab = " | Colab" if in_colab() else ""
+    return (f"course_lib {course_lib.__version__} from {install_source(direct_url, here)}{colab}\n"
+            f"torch {torch.__version__} | device {found} | scale {get_scale(device)}")

@@ -117,7 +117,7 @@ def export_attention_maps(
             labelled = max(w.shape[1:]) <= MAX_LABELLED
             heatmap(w[h], x if labelled else None, y if labelled else None, ax=ax, vmin=0.0, vmax=1.0,
                     title=f"{kind} attention, layer {layer}, head {h}")
-            files += [p.name for p in save_figure(fig, out / f"{_slug(name)}_head{h}", formats)]
+            files += [p.name for p in save_figure(fig, out / f"{_slug(name)}_head{h}", formats, quiet=True)]
             plt.close(fig)
         index["modules"].append({"module": name, "kind": kind, "layer": layer, "heads": int(w.shape[0]),
                                  "query_tokens": y, "key_tokens": x, "files": files})
@@ -134,11 +134,10 @@ def export_attention_maps(
         stacked = torch.stack([m[3] for m in members])
         tensors[slug] = stacked.contiguous()
         _, _, _, _, x, y = members[0]
-        labelled = max(stacked.shape[2:]) <= 24
-        fig = attention_grid(stacked, x if labelled else None, y if labelled else None,
+        fig = attention_grid(stacked, x, y,  # long sequences: attention_grid labels every k-th token
                              title=f"{kind} attention: layers x heads",
                              row_names=[f"layer {m[0]}" for m in members])
-        files = [p.name for p in save_figure(fig, out / f"grid_{slug}", formats)]
+        files = [p.name for p in save_figure(fig, out / f"grid_{slug}", formats, quiet=True)]
         plt.close(fig)
         index["grids"].append({"kind": kind, "modules": [m[1] for m in members], "files": files,
                                "shape": list(stacked.shape)})

@@ -18,11 +18,12 @@ import torch
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
-    if top_k is not None and top_k < 1:
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0 \
+            or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}.")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"top_k must be a positive number of tokens (or None), got {top_k}.")
-    if top_p is not None and not (0.0 < top_p <= 1.0):
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not (0.0 < top_p <= 1.0)):
         raise ValueError(f"top_p must be in (0, 1] (the probability mass kept), got {top_p}.")
 
 
@@ -98,6 +99,13 @@ def generate(
     (a model whose vocabulary was padded past the tokenizer's, e.g. 50,304 for GPT-2).
     """
     check_sampling_args(temperature, top_k, top_p)
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0 (the tokens to add).")
+    if not torch.is_tensor(idx) or idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dim() not in (1, 2):
+        what = f"a {idx.dtype} tensor of shape {tuple(idx.shape)}" if torch.is_tensor(idx) else type(idx).__name__
+        raise ValueError(f"the prompt must be token ids, an integer tensor of shape (T,) or (B, T); got {what}.")
+    if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size < 1):
+        raise ValueError(f"vocab_size={vocab_size!r} must be an integer >= 1 (or None).")
     if idx.dim() == 1:
         idx = idx[None]
     cfg = model.config

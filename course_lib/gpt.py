@@ -51,6 +51,28 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
     model_type: str = "gpt"
 
+    def __post_init__(self):
+        problems = []
+        if self.model_type != "gpt":
+            problems.append(f"model_type is {self.model_type!r}, expected 'gpt'")
+        for name in ("vocab_size", "block_size", "n_layers", "n_heads", "d_model"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name}={value!r} must be an integer >= 1")
+        if not problems and self.d_model % self.n_heads:
+            problems.append(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                            "each head gets d_model / n_heads dimensions")
+        if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+                and 0.0 <= self.dropout < 1.0):
+            problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
+        if not isinstance(self.bias, bool):
+            problems.append(f"bias={self.bias!r} must be true or false")
+        if not (isinstance(self.layer_norm_eps, (int, float)) and not isinstance(self.layer_norm_eps, bool)
+                and self.layer_norm_eps > 0):
+            problems.append(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
+        if problems:
+            raise ValueError("invalid GPT config: " + "; ".join(problems) + ".")
+
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
         known = {f.name for f in fields(cls)}
@@ -141,6 +163,12 @@ class GPT(nn.Module):
         """
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (B, T), got {tuple(idx.shape)}.")
+        if idx.numel() == 0:
+            raise ValueError(f"empty input of shape {tuple(idx.shape)}: give at least one sequence of "
+                             "at least one token.")
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(f"targets of shape {tuple(targets.shape)} do not match the input's "
+                             f"{tuple(idx.shape)}; give one target id per input position.")
         start = len(caches[0]) if caches else 0
         if start + idx.shape[1] > self.config.block_size:
             raise ValueError(
@@ -155,7 +183,8 @@ class GPT(nn.Module):
         logits = self.out_proj(self.final_norm(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
+            wide = logits if logits.dtype == torch.float64 else logits.float()  # float32 at least
+            loss = F.cross_entropy(wide.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     # ---- GPT-2 weights in Hugging Face's layout ------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_lib.checkpoint import load_checkpoint, resolve_checkpoint
+from course_lib.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.tokenizer import Tokenizer, load_tokenizer
 from course_lib.transformer import CHECKPOINT_DEFAULTS, Transformer, TransformerConfig
@@ -91,8 +91,8 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu", kind: str
     ckpt = load_checkpoint(file, device=device)
     config = dict(ckpt["config"])
     model_type = config.get("model_type")
-    if model_type not in KINDS:
-        raise ValueError(f"{file} holds a model of type {model_type!r}, which is not one of the course's "
+    if not isinstance(model_type, str) or model_type not in KINDS:
+        raise CheckpointError(f"{file} holds a model of type {model_type!r}, which is not one of the course's "
                          f"kinds {sorted(KINDS)}; give a checkpoint written by `python -m course_lib train`.")
     found = KINDS[model_type]
     if kind is not None and model_type != kind:
@@ -100,19 +100,24 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu", kind: str
                          f"{kind!r} model{f' for `{command}`' if command else ''}; use `{found.used_by} {path}` "
                          "for this one.")
     config = {**found.old_defaults, **config}
-    model = found.model(found.config.from_dict(config))
+    try:
+        model_config = found.config.from_dict(config)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{file}: its model config is not valid ({exc}); the file is damaged or was "
+                              "edited: retrain or use another checkpoint.") from None
+    model = found.model(model_config)
     state = upgrade_state_dict(ckpt["model"])
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"{file}: the weights do not fit its own config ({str(exc).splitlines()[0]}); "
+        raise CheckpointError(f"{file}: the weights do not fit its own config ({str(exc).splitlines()[0]}); "
                          "the file is damaged or was edited: retrain or use another checkpoint.") from None
     # Shared weights (one tensor under several names) are stored once per name; a name
     # whose stored values differ from the loaded tensor was overwritten by another name.
     loaded = model.state_dict()
     differ = [k for k, v in state.items() if k in loaded and not torch.equal(loaded[k], v.to(loaded[k]))]
     if differ:
-        raise ValueError(f"{file}: the weights {differ} are shared in the model its config builds, but differ "
+        raise CheckpointError(f"{file}: the weights {differ} are shared in the model its config builds, but differ "
                          "in the file; the config does not match the weights (e.g. share_embeddings or "
                          "tie_embeddings edited): fix config or retrain.")
     tok_file = file.with_name("tokenizer.json")

@@ -3,6 +3,9 @@ SVG and/or PDF, byte-identical from one run to the next (no dates, fixed SVG ids
 
 from __future__ import annotations
 
+import math
+import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,22 +22,36 @@ _METADATA = {
 }
 
 
-def save_figure(fig, path: str | Path, formats: Sequence[str] = FORMATS, dpi: int = 120) -> list[Path]:
+def save_figure(fig, path: str | Path, formats: Sequence[str] = FORMATS, dpi: int = 120,
+                quiet: bool = False) -> list[Path]:
     """Save ``fig`` to ``path`` with each suffix in ``formats``; returns the paths written.
 
-    Output is deterministic: the same figure gives the same bytes in every run.
+    Prints one line with the full path of what it wrote (``saved /abs/dir/name.{png,svg,pdf}``)
+    unless ``quiet``. Output is deterministic: the same figure gives the same bytes in every run.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = []
     for fmt in formats:
         if fmt not in FORMATS:
             raise ValueError(f"unknown figure format {fmt!r}; use some of {FORMATS}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
         target = path.with_suffix(f".{fmt}")
         with matplotlib.rc_context({"svg.hashsalt": "course_lib", "pdf.compression": 6}):
             fig.savefig(target, format=fmt, dpi=dpi, metadata=_METADATA[fmt], bbox_inches="tight")
         written.append(target)
+    if not quiet and written:
+        print("saved", describe_files(written))
     return written
+
+
+def describe_files(paths: Sequence[str | Path]) -> str:
+    """Paths that share a folder and a stem, written compactly: ``/abs/dir/name.{png,svg}``."""
+    paths = [Path(p).resolve() for p in paths]
+    stems = {p.with_suffix("") for p in paths}
+    if len(stems) == 1 and len(paths) > 1:
+        return f"{next(iter(stems))}.{{{','.join(p.suffix[1:] for p in paths)}}}"
+    return " ".join(str(p) for p in paths)
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -100,6 +117,16 @@ def heatmap(
     return fig
 
 
+LABEL_PT = 8.0  # tick labels of attention grids, in points at the saved size
+_LINE_IN = LABEL_PT * 1.5 / 72  # room one label needs along an axis (inches)
+MAX_CELL_IN = 5.0  # a grid cell never grows past this; beyond it, every k-th token is labelled
+
+
+def _tick_step(n_tokens: int, cell_in: float) -> int:
+    """Label every ``step``-th token so that labels of ``LABEL_PT`` never overlap."""
+    return max(1, math.ceil(n_tokens * _LINE_IN / cell_in))
+
+
 def attention_grid(
     weights,
     x_labels: Sequence[str] | None = None,
@@ -109,7 +136,13 @@ def attention_grid(
     cell_size: float = 2.2,
 ):
     """Grid of attention maps: ``weights`` is ``(layers, heads, L_q, L_k)`` (or a list of
-    ``(heads, L_q, L_k)``); one row per layer, one column per head. Returns the figure."""
+    ``(heads, L_q, L_k)``); one row per layer, one column per head, one colour bar for the
+    shared 0-1 scale. Returns the figure.
+
+    Labels are ``LABEL_PT`` (8) points at the saved size: a cell grows with the number of
+    tokens (at least ``cell_size`` inches, at most ``MAX_CELL_IN``); past that, every k-th
+    token is labelled (its position in brackets) so that no two labels overlap.
+    """
     if isinstance(weights, (list, tuple)):
         weights = torch.stack([torch.as_tensor(w) for w in weights])
     w = _to_numpy(weights)
@@ -117,26 +150,50 @@ def attention_grid(
         w = w[None]
     if w.ndim != 4:
         raise ValueError(f"attention_grid needs (layers, heads, L_q, L_k), got shape {w.shape}.")
-    n_layers, n_heads = w.shape[:2]
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(cell_size * n_heads, cell_size * n_layers),
-                             squeeze=False)
+    n_layers, n_heads, n_q, n_k = w.shape
+    for name, labels, n in (("x_labels", x_labels, n_k), ("y_labels", y_labels, n_q)):
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{name} has {len(labels)} labels for {n} positions; give one per token.")
+    cell_w = min(MAX_CELL_IN, max(cell_size, n_k * _LINE_IN))
+    cell_h = min(MAX_CELL_IN, max(cell_size, n_q * _LINE_IN))
+    # room for the tick labels, titles and the colour bar around the cells
+    longest = max((len(str(t)) for t in [*(x_labels or []), *(y_labels or [])]), default=2)
+    margin = 0.6 + longest * LABEL_PT * 0.6 / 72
+    fig, axes = plt.subplots(
+        n_layers, n_heads, squeeze=False, layout="constrained",
+        figsize=(cell_w * n_heads + margin + 1.2, cell_h * n_layers + margin + (0.4 if title else 0)),
+    )
+    step_x, step_y = _tick_step(n_k, cell_w), _tick_step(n_q, cell_h)
+
+    def ticks(labels, step):
+        idx = list(range(0, len(labels), step))
+        text = [str(labels[i]) if step == 1 else f"{labels[i]} [{i}]" for i in idx]
+        return idx, text
+
+    im = None
     for i in range(n_layers):
         for j in range(n_heads):
             ax = axes[i, j]
-            ax.imshow(w[i, j], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+            im = ax.imshow(w[i, j], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto",
+                           interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == n_layers - 1 and x_labels is not None and len(x_labels) <= 24:
-                ax.set_xticks(range(len(x_labels)), labels=list(x_labels), rotation=90, fontsize=6)
-            if j == 0 and y_labels is not None and len(y_labels) <= 24:
-                ax.set_yticks(range(len(y_labels)), labels=list(y_labels), fontsize=6)
+            if i == n_layers - 1 and x_labels is not None:
+                idx, text = ticks(x_labels, step_x)
+                ax.set_xticks(idx, labels=text, rotation=90, fontsize=LABEL_PT)
+            if j == 0 and y_labels is not None:
+                idx, text = ticks(y_labels, step_y)
+                ax.set_yticks(idx, labels=text, fontsize=LABEL_PT)
             if i == 0:
-                ax.set_title(f"head {j}", fontsize=8)
+                ax.set_title(f"head {j}", fontsize=9)
             if j == 0:
-                ax.set_ylabel(row_names[i] if row_names else f"layer {i}", fontsize=8)
+                ax.set_ylabel(row_names[i] if row_names else f"layer {i}", fontsize=9)
+    bar = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=min(1.0, 0.9 if n_layers > 1 else 1.0),
+                       aspect=max(10, 20 * n_layers), pad=0.02)
+    bar.set_label("attention weight", fontsize=9)
+    bar.ax.tick_params(labelsize=LABEL_PT)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=11)
     return fig
 
 
@@ -204,4 +261,95 @@ def lines(
         ax.set_title(title)
     if len(curves) > 1:
         ax.legend(fontsize=8)
+    return fig
+
+
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold: no build time in the file
+
+
+def zip_folder(folder: str | Path, target: str | Path) -> Path:
+    """Zip every file under ``folder`` into ``target``, deterministically: sorted names,
+    fixed dates and permissions, so the same files give the same bytes."""
+    folder, target = Path(folder), Path(target)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.resolve() != target.resolve())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w") as zf:
+        for f in files:
+            info = zipfile.ZipInfo(f"{folder.name}/{f.relative_to(folder).as_posix()}", _ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            info.create_system = 3  # unix, whatever the platform
+            zf.writestr(info, f.read_bytes(), compresslevel=6)
+    os.replace(tmp, target)
+    return target
+
+
+def download_exports(name: str = "", quiet: bool = False) -> Path:
+    """Take a notebook's plots home: zip its exports folder (``export_dir(name)``) into
+    ``<exports>/<name>.zip`` and, in Colab, start the browser's download of the zip;
+    elsewhere print its full path. Returns the zip's path.
+
+    ``name`` is the notebook's folder (``"07_encoder_decoder"``); ``""`` zips every export.
+    """
+    from course_lib.env import export_dir, in_colab
+
+    folder = export_dir(name)
+    zip_name = f"{name or folder.resolve().name}.zip"
+    target = (folder.parent if name else folder) / zip_name
+    n = sum(1 for p in folder.rglob("*") if p.is_file() and p.resolve() != target.resolve())
+    if n == 0:
+        raise FileNotFoundError(
+            f"{folder.resolve()} holds no exported files yet; run the notebook's plotting cells "
+            "first (or check COURSE_EXPORT_DIR)."
+        )
+    zip_folder(folder, target)
+    if not quiet:
+        print(f"zipped {n} files -> {target.resolve()}")
+    if in_colab():
+        from google.colab import files  # only importable in Colab
+
+        files.download(str(target))
+    return target
+
+
+def stacked_bars(
+    parts: dict,
+    labels: Sequence[str],
+    title: str = "",
+    ax=None,
+    ylabel: str = "",
+    limits: Sequence[float | None] | None = None,
+    limit_label: str = "limit",
+):
+    """Stacked bars: ``parts`` maps a part's name to one value per bar (stacked in order),
+    ``labels`` names the bars; ``limits`` (one per bar, or None) draws a dashed line over
+    each bar, e.g. a device's memory. Returns the figure."""
+    names = list(parts)
+    values = np.array([_to_numpy(parts[n]).astype(float) for n in names]) if names else np.zeros((0, len(labels)))
+    if values.ndim != 2 or values.shape[1] != len(labels):
+        raise ValueError(f"stacked_bars needs one value per bar for each part ({len(labels)} bars), "
+                         f"got shape {values.shape}.")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(labels) + 2.0), 4.2))
+    else:
+        fig = ax.figure
+    colours = plt.get_cmap("tab10")
+    bottom = np.zeros(len(labels))
+    for i, name in enumerate(names):
+        ax.bar(range(len(labels)), values[i], bottom=bottom, color=colours(i % 10), label=str(name), width=0.65)
+        bottom += values[i]
+    if limits is not None:
+        first = True
+        for i, lim in enumerate(limits):
+            if lim is not None and np.isfinite(lim):
+                ax.hlines(lim, i - 0.42, i + 0.42, colors="black", linestyles="--", lw=1.2,
+                          label=limit_label if first else None)
+                first = False
+    ax.set_xticks(range(len(labels)), labels=list(labels), fontsize=8)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, ncol=2, loc="upper left")
+    fig.tight_layout()
     return fig

@@ -108,9 +108,10 @@ class Tokenizer:
 
     def save(self, path) -> Path:
         """Write the tokenizer as JSON; ``load_tokenizer(path)`` reads it back."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self._to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
+        from course_lib.checkpoint import atomic_write_text
+
+        path = Path(path)  # written atomically: a killed write leaves the old file whole
+        atomic_write_text(path, json.dumps(self._to_dict(), ensure_ascii=False, indent=1))
         return path
 
     def __repr__(self) -> str:
@@ -345,19 +346,83 @@ class TiktokenTokenizer(Tokenizer):
         return {"type": self.kind, "name": self.name}
 
 
+class TokenizerFileError(ValueError):
+    """A file that is not a tokenizer written by ``Tokenizer.save`` (or is damaged)."""
+
+
+def _bad_tokenizer(path, what: str) -> TokenizerFileError:
+    return TokenizerFileError(f"{path} is not a tokenizer file of this course ({what}); write it with "
+                              "tokenizer.save(path), or train the run again to recreate it.")
+
+
+def _list_of(value, kind, what: str, path) -> list:
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise _bad_tokenizer(path, f"{what} must be a list of {kind.__name__}")
+    return value
+
+
 def load_tokenizer(path) -> Tokenizer:
-    """Read a tokenizer written by ``save(path)``."""
-    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read a tokenizer written by ``save(path)``. A missing file is a ``FileNotFoundError``;
+    anything else that is not one of ours a ``TokenizerFileError`` (a ``ValueError``)
+    naming the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer file at {path}; it is written beside the checkpoint "
+                                "(tokenizer.json): check the path or train again.")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise _bad_tokenizer(path, f"not valid JSON: {str(exc)[:120]}") from None
+    if not isinstance(d, dict):
+        raise _bad_tokenizer(path, f"a JSON {type(d).__name__}, not an object")
     kind = d.get("type")
-    if kind == "bpe":
-        return BPETokenizer(d["merges"], d["special_tokens"], d["pattern"], d.get("merge_counts"))
-    if kind == "char":
-        return CharTokenizer(d["vocab"], d["special_tokens"])
-    if kind == "word":
-        return WordTokenizer(d["vocab"], d["special_tokens"], d.get("lower", False))
-    if kind == "tiktoken":
-        return TiktokenTokenizer(d["name"])
-    raise ValueError(f"{path}: unknown tokenizer type {kind!r} (expected bpe, char, word or tiktoken)")
+    fields_of = {"bpe": ("merges", "special_tokens", "pattern"), "char": ("vocab", "special_tokens"),
+                 "word": ("vocab", "special_tokens"), "tiktoken": ("name",)}
+    if not isinstance(kind, str) or kind not in fields_of:
+        raise _bad_tokenizer(path, f"unknown tokenizer type {kind!r}; expected bpe, char, word or tiktoken")
+    missing = [f for f in fields_of[kind] if f not in d]
+    if missing:
+        raise _bad_tokenizer(path, f"a {kind} tokenizer without the field(s) {missing}")
+    try:
+        if kind == "bpe":
+            merges = _list_of(d["merges"], list, "merges", path)
+            if not all(len(m) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in m)
+                       for m in merges):
+                raise _bad_tokenizer(path, "each merge must be a pair of token ids")
+            specials = d["special_tokens"]
+            if not isinstance(specials, dict) or not all(
+                    isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in specials.items()):
+                raise _bad_tokenizer(path, "special_tokens must map names to ids")
+            first = 256 + len(merges)
+            if sorted(specials.values()) != list(range(first, first + len(specials))):
+                raise _bad_tokenizer(path, f"special token ids must follow the merges (ids {first}...)")
+            if not isinstance(d["pattern"], str):
+                raise _bad_tokenizer(path, "pattern must be a string")
+            counts = d.get("merge_counts")
+            if counts is not None:
+                _list_of(counts, int, "merge_counts", path)
+            return BPETokenizer(merges, specials, d["pattern"], counts)
+        if kind == "tiktoken":
+            if not isinstance(d["name"], str):
+                raise _bad_tokenizer(path, "name must be a string")
+            encoding, why = load_tiktoken(d["name"])
+            if encoding is None:
+                raise ValueError(f"{path} names tiktoken's {d['name']!r} tokenizer, which cannot be loaded here "
+                                 f"({why}); connect to the internet once so that tiktoken caches it.")
+            return TiktokenTokenizer(encoding)
+        vocab = _list_of(d["vocab"], str, "vocab", path)
+        specials = _list_of(d["special_tokens"], str, "special_tokens", path)
+        if not vocab:
+            raise _bad_tokenizer(path, "the vocabulary is empty")
+        if kind == "char":
+            return CharTokenizer(vocab, specials)
+        if not isinstance(d.get("lower", False), bool):
+            raise _bad_tokenizer(path, "lower must be true or false")
+        return WordTokenizer(vocab, specials, d.get("lower", False))
+    except TokenizerFileError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, bpe.regex.error) as exc:
+        raise _bad_tokenizer(path, str(exc)[:200]) from None
 
 
 def load_tiktoken(name: str = "gpt2", timeout: float = 5.0):

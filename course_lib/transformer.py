@@ -256,6 +256,9 @@ class Transformer(nn.Module):
     def _check_length(self, ids: torch.Tensor, what: str, start: int = 0) -> None:
         if ids.dim() != 2:
             raise ValueError(f"{what} must be token ids of shape (B, L), got {tuple(ids.shape)}.")
+        if ids.numel() == 0:
+            raise ValueError(f"{what} is empty, of shape {tuple(ids.shape)}: give at least one sentence of "
+                             "at least one token.")
         if start + ids.shape[1] > self.config.max_len:
             raise ValueError(
                 f"{what} has {start + ids.shape[1]} tokens, more than max_len={self.config.max_len} "

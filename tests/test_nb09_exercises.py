@@ -51,8 +51,8 @@ def test_bytes_per_rank_match_the_zero_paper():
     assert round(fsdp / 1e9, 1) == 1.9
 
 
-def test_check_accepts_the_solutions_and_reports_stubs(capsys):
+def test_check_reports_stubs(capsys):
+    # (that the solutions equal independent references: tests/test_solutions_independent.py)
     for name in ("rank_rows", "bytes_per_rank", "shard_rows"):
-        assert check(getattr(nb09, name), f"nb09.{name}")
         assert not check(lambda *args: None, f"nb09.{name}")
     assert "not attempted yet" in capsys.readouterr().out

@@ -82,9 +82,9 @@ def test_relative_shift_matrix_moves_every_position_by_k():
                                   "nb02.nearest_neighbours", "nb03.positional_encoding",
                                   "nb03.wavelengths", "nb03.relative_shift_matrix"])
 def test_check_messages(name, capsys):
-    module, func = name.split(".")
-    solution = getattr({"nb02": nb02, "nb03": nb03}[module], func)
-    assert check(solution, name)
+    from test_solutions_independent import INDEPENDENT
+
+    assert check(INDEPENDENT[name], name)  # an independent implementation passes (not the solution itself)
     assert "passed all" in capsys.readouterr().out
     assert not check(lambda *args: None, name)
     assert "not attempted yet" in capsys.readouterr().out

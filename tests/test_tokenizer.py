@@ -11,7 +11,7 @@ import tiktoken
 
 from course_lib import bpe, tokenizer
 from course_lib.data import generated_corpus
-from course_lib.exercises import check, solution
+from course_lib.exercises import check
 from course_lib.tokenizer import (
     BPETokenizer,
     CharTokenizer,
@@ -265,6 +265,5 @@ def test_exercise_solutions_nb01():
         ids = [rng.randrange(len(vocab)) for _ in range(30)]
         assert nb01.decode_ids(ids, merges) == enc.decode(ids)
     for name in ("token_bytes", "decode_ids", "encode_chunk"):
-        assert check(solution(f"nb01.{name}"), f"nb01.{name}", verbose=False)
         assert not check(lambda *a: None, f"nb01.{name}", verbose=False)
     assert not check(lambda text, merges: list(text.encode()), "nb01.encode_chunk", verbose=False)

@@ -277,8 +277,8 @@ def test_real_data_with_bpe_and_a_nonzero_pad_id(shared_data):
 
 
 @pytest.mark.parametrize("name", ["nb07.noam_lr", "nb07.label_smoothed_loss", "nb07.cross_attention_maps"])
-def test_exercise_checker_accepts_the_solutions_and_rejects_a_wrong_answer(name):
+def test_exercise_checker_rejects_a_wrong_answer(name):
     from course_lib.exercises import check
 
-    assert check(solution(name), name, verbose=False)
+    # (that the solution equals an independent reference: tests/test_solutions_independent.py)
     assert not check(lambda *args: 0.5, name, verbose=False)

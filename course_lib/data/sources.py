@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import os
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,8 +142,15 @@ def read_text_file(path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"no such text file: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return f.read()
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                         "convert it to UTF-8 or give another file.") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path} is not a complete gzip file ({exc}); "
+                         "decompress it yourself or download it again.") from None
 
 
 def load_text(source: str = "tinyshakespeare", max_chars: int | None = None, timeout: float = 5.0,
@@ -150,6 +158,11 @@ def load_text(source: str = "tinyshakespeare", max_chars: int | None = None, tim
     """A text corpus: ``"stdlib"`` (the standard library's docstrings, offline, always
     there), ``"generated"``, a hub name in ``HUB_TEXT``, a local ``.txt``/``.gz`` file, or a
     folder holding ``input.txt``."""
+    if max_chars is not None and (not isinstance(max_chars, int) or isinstance(max_chars, bool) or max_chars < 1):
+        raise ValueError(f"max_chars={max_chars!r} must be an integer >= 1 (or None for all the text).")
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"the text source must be a name or a path, got {type(source).__name__}.")
+    source = str(source)
     if source == "stdlib":
         return TextData(stdlib_docs(max_chars), "docstrings of the Python standard library (read at run time)")
     if Path(source).is_dir() and (Path(source) / "input.txt").is_file():
@@ -183,7 +196,10 @@ def load_text(source: str = "tinyshakespeare", max_chars: int | None = None, tim
         return TextData(generated_corpus(n), f"generated corpus ({n:,} characters), standing in for {source}")
     path = Path(source)
     if path.is_file():
-        return TextData(read_text_file(path)[:max_chars], str(path))
+        text = read_text_file(path)
+        if not text.strip():
+            raise ValueError(f"the text file {path} is empty; give a file with text to train on.")
+        return TextData(text[:max_chars], str(path))
     raise ValueError(
         f"unknown text source {source!r}: use 'stdlib', 'generated', one of {sorted(HUB_TEXT)}, "
         "the path of an existing .txt / .txt.gz file, or a folder holding input.txt."
@@ -191,7 +207,8 @@ def load_text(source: str = "tinyshakespeare", max_chars: int | None = None, tim
 
 
 def _read_lines(path: Path) -> list[str]:
-    return read_text_file(path).rstrip("\n").split("\n")
+    text = read_text_file(path).rstrip("\n")
+    return text.split("\n") if text else []
 
 
 def _find(prefix: Path, lang: str) -> Path:
@@ -209,6 +226,9 @@ def read_parallel_files(src_path, tgt_path, max_pairs: int | None = None) -> lis
             f"parallel files differ in length: {src_path} has {len(src):,} lines but "
             f"{tgt_path} has {len(tgt):,}; line i of one must translate line i of the other."
         )
+    if not src:
+        raise ValueError(f"the parallel files {src_path} and {tgt_path} are empty; "
+                         "give files with one sentence per line.")
     return list(zip(src, tgt))[:max_pairs]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -149,7 +150,7 @@ class RunFolder:
             raise ValueError(f"the output folder {self.path} is a file; give --out a folder name.")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
+            probe = self.path / f".write-test.{os.getpid()}"  # one per process: ranks share the folder
             probe.write_text("")
             probe.unlink()
         except OSError as exc:
@@ -171,6 +172,20 @@ class RunFolder:
             raise FileNotFoundError(f"--resume: there is no checkpoint in {self.path}; "
                                     "start the run without --resume, or point --out at the run to continue.")
         return found
+
+
+PER_SESSION = ("out", "device", "compile", "progress", "fsdp")  # not taken from a run being resumed
+
+
+def saved_settings(out: str | Path) -> tuple[dict, dict]:
+    """The settings the run in ``out`` was trained with: (training settings, model config),
+    for ``--resume``: what is given now (flags, ``--config``) overrides them, and they
+    override the defaults and the preset, so ``--out RUN --resume`` alone continues the run
+    as it was started. Where and how this session runs (device, processes) is not taken."""
+    meta = read_metadata(RunFolder(out).require_checkpoint())
+    saved = meta.get("train_state", {}).get("train_config")
+    train = {k: v for k, v in (saved if isinstance(saved, dict) else {}).items() if k not in PER_SESSION}
+    return train, dict(meta["config"])
 
 
 def save_run(run: RunFolder, model, optimizer, state: dict, precision: Precision, tokenizer=None) -> None:

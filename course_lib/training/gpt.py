@@ -40,6 +40,7 @@ from course_lib.training.core import (
     read_json,
     resume_run,
     save_run,
+    saved_settings,
     set_lr,
     setting,
 )
@@ -67,9 +68,22 @@ class GPTTrainConfig(TrainConfig):
     def check(self) -> list[str]:
         if not isinstance(self.steps, int) or self.steps < 1:
             return [f"steps={self.steps!r} must be an integer >= 1"]
+        problems = []
         if not isinstance(self.eval_batches, int) or self.eval_batches < 1:
-            return [f"eval_batches={self.eval_batches!r} must be an integer >= 1"]
-        return []
+            problems.append(f"eval_batches={self.eval_batches!r} must be an integer >= 1")
+        if self.max_chars is not None and (not isinstance(self.max_chars, int) or self.max_chars < 1):
+            problems.append(f"max_chars={self.max_chars!r} must be an integer >= 1")
+        if self.min_lr is not None and not (isinstance(self.min_lr, (int, float)) and self.min_lr >= 0):
+            problems.append(f"min_lr={self.min_lr!r} must be >= 0")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            problems.append(f"weight_decay={self.weight_decay!r} must be >= 0")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < 1):
+                problems.append(f"{name}={value!r} must be in [0, 1)")
+        if self.tokenizer not in (None, "char", "gpt2"):
+            problems.append(f"tokenizer={self.tokenizer!r} must be 'char' or 'gpt2'")
+        return problems
 
 
 @dataclass
@@ -148,17 +162,20 @@ def evaluate(model, data: TokenData, cfg: GPTTrainConfig, device, precision) -> 
 # ---- the loop ------------------------------------------------------------------------------
 
 def train(model: GPT, data: TokenData, cfg: GPTTrainConfig, tokenizer=None, resume: bool = False,
-          until_step: int | None = None) -> dict:
+          until_step: int | None = None, make_optimizer=None) -> dict:
     """Train ``model`` for ``cfg.steps`` optimizer steps (or up to ``until_step``, as if
     interrupted there). Returns the training state: ``step``, ``train_losses`` ([step,
-    loss] per step), ``evals`` (dicts), ``stopped`` (why it ended)."""
+    loss] per step), ``evals`` (dicts), ``stopped`` (why it ended).
+
+    ``make_optimizer(model)``: another optimizer than AdamW (the tests use plain SGD,
+    under which a wrong gradient scale cannot hide); the schedule still sets its lr."""
     device = get_device(cfg.device)
     ctx = D.current(device)
     run = RunFolder(cfg.out) if cfg.out else None
     model.to(device)
     step_model = D.wrap_model(model, ctx, "fsdp" if cfg.fsdp else "ddp")  # before the optimizer
     step_model = compile_model(step_model, cfg.compile, device, log)
-    optimizer = configure_optimizer(model, cfg, device)
+    optimizer = make_optimizer(model) if make_optimizer else configure_optimizer(model, cfg, device)
     precision = choose_precision(cfg.precision, device)
     state = resume_run(run, model, optimizer, precision, cfg) if resume else new_state(cfg)
     block_size = model.config.block_size
@@ -216,7 +233,8 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m course_lib train gpt", description="Train a GPT (notebook 08).")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size")
     p.add_argument("--config", help="JSON file of settings: training fields and model fields (GPTConfig)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out, with its own settings (flags given now override them)")
     p.add_argument("--until-step", type=int, default=None, help="stop (and save) at this step, as if interrupted")
     add_config_arguments(p, GPTTrainConfig, title="training", defaults=COMMAND_DEFAULTS)
     add_config_arguments(p, GPTConfig, prefix="model_", title="model (overrides the preset)",
@@ -224,35 +242,54 @@ def build_parser() -> Parser:
     return p
 
 
+def gpt2_tokenizer():
+    """tiktoken's GPT-2 tokenizer, or a clear error when it can be neither read from the
+    cache nor downloaded (offline)."""
+    from course_lib.tokenizer import TiktokenTokenizer, load_tiktoken
+
+    encoding, why = load_tiktoken("gpt2")
+    if encoding is None:
+        raise ValueError(f"--tokenizer gpt2 needs tiktoken's GPT-2 vocabulary, which cannot be loaded here "
+                         f"({why}); connect to the internet once so that tiktoken caches it, "
+                         "or use --tokenizer char.")
+    return TiktokenTokenizer(encoding)
+
+
 def command(argv=None) -> int:
     """``python -m course_lib train gpt``: text -> tokenizer -> GPT -> trained run folder."""
     from course_lib.data import load_text
-    from course_lib.tokenizer import CharTokenizer, TiktokenTokenizer, load_tokenizer
+    from course_lib.tokenizer import CharTokenizer, load_tokenizer
+    from course_lib.training.plan import plan_run
 
     args = build_parser().parse_args(argv)
     file_values = read_json(args.config, "settings") if args.config else {}
     model_names = set(GPTConfig.__dataclass_fields__)
     train_values = {k: v for k, v in file_values.items() if k not in model_names}
-    train_values = {**COMMAND_DEFAULTS, **train_values, **given(args, GPTTrainConfig)}
+    out = given(args, GPTTrainConfig).get("out") or train_values.get("out") or COMMAND_DEFAULTS["out"]
+    saved_train, saved_model = saved_settings(out) if args.resume else ({}, {})  # the run's own settings
+    train_values = {**COMMAND_DEFAULTS, **saved_train, **train_values, **given(args, GPTTrainConfig)}
     cfg = GPTTrainConfig.from_dict(train_values)
     run = RunFolder(cfg.out)  # checked before any work: a file, or not writable, is an error now
     if args.resume:
         run.require_checkpoint()
     if args.until_step is not None and args.until_step < 1:
         raise ValueError(f"--until-step {args.until_step} must be >= 1.")
+    get_device(cfg.device, source="--device")  # a device that is not here is an error now
     D.setup(cfg.device)  # joins torchrun's process group, if any
-    model_values = {**PRESETS[args.preset], **{k: v for k, v in file_values.items() if k in model_names},
+    model_values = {**PRESETS[args.preset], **saved_model, **{k: v for k, v in file_values.items() if k in model_names},
                     **given(args, GPTConfig, "model_")}
     text = load_text(cfg.data, max_chars=cfg.max_chars)
     if args.resume and run.tokenizer.exists():
         tokenizer = load_tokenizer(run.tokenizer)  # the run's own vocabulary
     else:
         kind = cfg.tokenizer or ("gpt2" if "vocab_size" in PRESETS[args.preset] else "char")
-        tokenizer = TiktokenTokenizer("gpt2") if kind == "gpt2" else CharTokenizer.from_text(text.text)
-    if "vocab_size" not in file_values:
+        tokenizer = gpt2_tokenizer() if kind == "gpt2" else CharTokenizer.from_text(text.text)
+    if "vocab_size" not in file_values and "vocab_size" not in saved_model:
         v = tokenizer.vocab_size  # GPT-2's 50,257 rounded up to 50,304 on CUDA: faster matmuls
         model_values["vocab_size"] = -(-v // 64) * 64 if v > 1000 and get_device(cfg.device).type == "cuda" else v
     model_cfg = GPTConfig.from_dict(model_values)
+    cfg, plan = plan_run(cfg, model_cfg, model_cfg.block_size, accum_given="grad_accum" in train_values)
+    log(plan.line())  # precision, micro-batch x accumulation, memory and time on this device
     data = prepare_data(text.text, tokenizer)
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg)

@@ -47,6 +47,7 @@ from course_lib.training.core import (
     read_json,
     resume_run,
     save_run,
+    saved_settings,
     set_lr,
     setting,
 )
@@ -191,7 +192,8 @@ def batch_loss(model, src, tgt, label_smoothing: float = 0.0, precision=None) ->
     """Mean cross-entropy of predicting ``tgt[:, 1:]`` from ``tgt[:, :-1]`` (padding ignored)."""
     with precision.autocast() if precision is not None else nullcontext():
         logits = model(src, tgt[:, :-1])
-    return F.cross_entropy(logits.float().flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=model.config.pad_id,
+    wide = logits if logits.dtype == torch.float64 else logits.float()  # float32 at least
+    return F.cross_entropy(wide.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=model.config.pad_id,
                            label_smoothing=label_smoothing)
 
 
@@ -223,7 +225,7 @@ def average_weights(snapshots: list[dict[str, torch.Tensor]]) -> dict[str, torch
 
 
 def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfig, resume: bool = False,
-          until_step: int | None = None, on_step=None) -> dict:
+          until_step: int | None = None, make_optimizer=None, on_step=None) -> dict:
     """Train ``model`` on (source, target) text pairs, checkpointing into ``cfg.out`` (if
     set). Returns the training state: ``step``, ``epoch``, ``train_losses`` ([step, loss]
     per step), ``evals`` (dicts with the validation loss), ``steps_per_epoch``,
@@ -233,7 +235,10 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfi
     ``cfg.average_last = N`` replaces the final weights by the mean of the last N
     evaluation checkpoints' (kept in memory; a resumed run averages those since it
     resumed). ``on_step(state, model)``, if given, is called after every step, outside
-    the training clock; a true answer ends the run there, as running out of time does."""
+    the training clock; a true answer ends the run there, as running out of time does.
+
+    ``make_optimizer(model)``: another optimizer than the paper's Adam (the tests use plain
+    SGD, under which a wrong gradient scale cannot hide); the schedule still sets its lr."""
     device = get_device(cfg.device)
     ctx = D.current(device)
     run = RunFolder(cfg.out) if cfg.out else None
@@ -271,7 +276,8 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfi
     model.to(device)
     step_model = D.wrap_model(model, ctx, "fsdp" if cfg.fsdp else "ddp")  # before the optimizer
     step_model = compile_model(step_model, cfg.compile, device, log)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr_at(1), betas=(0.9, 0.98), eps=1e-9)
+    optimizer = (make_optimizer(model) if make_optimizer
+                 else torch.optim.Adam(model.parameters(), lr=lr_at(1), betas=(0.9, 0.98), eps=1e-9))
     precision = choose_precision(cfg.precision, device)
     state = {**new_state(cfg), "epoch": 0, "batch": 0}
     if resume:
@@ -361,7 +367,8 @@ def build_parser() -> Parser:
                    help="model size: small (CPU, the grammar), multi30k-cpu (CPU, real sentences) or base (the paper's)")
     p.add_argument("--config", help="JSON file of settings (our names or the original course's: "
                    "train_data, model_dim, ...)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out, with its own settings (flags given now override them)")
     p.add_argument("--until-step", type=int, default=None, help="stop (and save) at this step, as if interrupted")
     add_config_arguments(p, TranslationTrainConfig, title="training", defaults=COMMAND_DEFAULTS)
     add_config_arguments(p, TransformerConfig, prefix="model_", title="model (overrides the preset)",
@@ -375,6 +382,7 @@ def command(argv=None) -> int:
     from course_lib.env import seed_everything
     from course_lib.plotting import save_figure
     from course_lib.tokenizer import load_tokenizer
+    from course_lib.training.plan import plan_run
     from course_lib.transformer import Transformer
 
     args = build_parser().parse_args(argv)
@@ -382,13 +390,16 @@ def command(argv=None) -> int:
     preset = args.preset or (read_json(args.config, "config").get("preset") if args.config else None) or "small"
     if preset not in PRESETS:
         raise ValueError(f"{args.config}: preset {preset!r} is not one of {sorted(PRESETS)}.")
-    cfg = TranslationTrainConfig.from_dict({**COMMAND_DEFAULTS, **train_file,
+    out = given(args, TranslationTrainConfig).get("out") or train_file.get("out") or COMMAND_DEFAULTS["out"]
+    saved_train, saved_model = saved_settings(out) if args.resume else ({}, {})  # the run's own settings
+    cfg = TranslationTrainConfig.from_dict({**COMMAND_DEFAULTS, **saved_train, **train_file,
                                             **given(args, TranslationTrainConfig)})
     run = RunFolder(cfg.out)  # checked before any work: a file, or not writable, is an error now
     if args.resume:
         run.require_checkpoint()
     if args.until_step is not None and args.until_step < 1:
         raise ValueError(f"--until-step {args.until_step} must be >= 1.")
+    get_device(cfg.device, source="--device")  # a device that is not here is an error now
     D.setup(cfg.device)  # joins torchrun's process group, if any; only rank 0 prints
     seed_everything(cfg.seed)
     train_pairs = load_pairs(cfg.data, "train", cfg.n_train, cfg.seed)
@@ -402,11 +413,14 @@ def command(argv=None) -> int:
     saved = read_metadata(run.require_checkpoint())["config"] if args.resume else {}
     old_run = {k: v for k, v in CHECKPOINT_DEFAULTS.items() if args.resume and k not in saved}
     model_cfg = TransformerConfig.from_dict({
-        **PRESETS[preset], **old_run, **model_file, **given(args, TransformerConfig, "model_"),
+        **PRESETS[preset], **old_run, **saved_model, **model_file, **given(args, TransformerConfig, "model_"),
         "src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
         "pad_id": tokenizer.special_tokens["<pad>"]})
     model = Transformer(model_cfg)
     log(f"model: {model.num_parameters():,} parameters; vocabulary {tokenizer.vocab_size}")
+    cfg, plan = plan_run(cfg, model_cfg, model_cfg.max_len, src_len=model_cfg.max_len,
+                         accum_given="grad_accum" in {**train_file, **given(args, TranslationTrainConfig)})
+    log(plan.line())  # precision, micro-batch x accumulation, memory and time on this device
     state = train(model, tokenizer, train_pairs, valid_pairs, cfg, resume=args.resume, until_step=args.until_step)
     model = D.full_model_on_main(model, lambda: Transformer(model_cfg).to(get_device(cfg.device)))
     if model is None:  # ranks other than 0 are done

@@ -1,0 +1,103 @@
+"""The memory estimate against a measurement, for the course's two full-scale workloads.
+
+    python benchmarks/memory_check.py                 # no GPU: analytic count vs fake-tensor measurement
+    python benchmarks/memory_check.py --cuda          # on a GPU: vs torch.cuda.max_memory_allocated,
+                                                      #   eager and compiled, at the planned micro-batch
+    python benchmarks/memory_check.py --cuda --json out.json
+
+Prints a markdown table; ``--json`` also writes the rows (``gpu_check`` collects them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from course_lib.training.memory import GiB, estimate_memory, measure_cuda_memory, measure_memory  # noqa: E402
+from course_lib.training.plan import GPUS, device_info, plan_training, workloads  # noqa: E402
+
+
+def rows_without_gpu(gpus=("T4", "H100")) -> list[dict]:
+    """At the micro-batch planned for each GPU. Dropout is set to 0: with dropout the CPU
+    computes attention explicitly (a T x T matrix per head) where CUDA's fused kernels do not,
+    so only the dropout-free step is the same on both."""
+    import dataclasses
+
+    rows = []
+    for name, (config, kw) in workloads().items():
+        config = dataclasses.replace(config, dropout=0.0)
+        for gpu in gpus:
+            plan = plan_training(config, GPUS[gpu], **kw)
+            args = dict(src_len=kw.get("src_len"))
+            start = time.perf_counter()
+            meas = measure_memory(config, plan.micro_batch, kw["seq_len"], plan.precision, **args)["total"]
+            rows.append({"workload": f"{name} (dropout 0)" if name.startswith("Transformer") else name,
+                         "device": f"{gpu} plan, fake tensors on the CPU",
+                         "precision": plan.precision, "micro_batch": plan.micro_batch, "compiled": False,
+                         "estimate": plan.est_memory.total, "measured": meas, "how": "FakeTensorMode",
+                         "seconds": time.perf_counter() - start})
+    return rows
+
+
+def rows_on_gpu(compile_too: bool = True) -> list[dict]:
+    info = device_info("cuda")
+    rows = []
+    for name, (config, kw) in workloads().items():
+        plan = plan_training(config, info, **kw)
+        est = estimate_memory(config, plan.micro_batch, kw["seq_len"], plan.precision, src_len=kw.get("src_len"))
+        for compiled in (False, True) if compile_too else (False,):
+            try:
+                m = measure_cuda_memory(config, plan.micro_batch, kw["seq_len"], plan.precision,
+                                        src_len=kw.get("src_len"), compile=compiled)
+                measured, tps = m["total"], m["tokens_per_s"]
+            except Exception as exc:  # an out-of-memory is a result too
+                print(f"{name} (compiled={compiled}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                measured, tps = None, None
+            rows.append({"workload": name, "device": info.name, "precision": plan.precision,
+                         "micro_batch": plan.micro_batch, "compiled": compiled, "estimate": est.total,
+                         "measured": measured, "how": "max_memory_allocated", "tokens_per_s": tps})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| workload | device | precision | micro-batch | compiled | estimate (GiB) | measured (GiB) | estimate / measured |",
+             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        meas = r["measured"]
+        ratio = f"{r['estimate'] / meas:.3f}" if meas else "n/a"
+        lines.append(f"| {r['workload']} | {r['device']} | {r['precision']} | {r['micro_batch']} | "
+                     f"{'yes' if r['compiled'] else 'no'} | {r['estimate'] / GiB:.2f} | "
+                     f"{meas / GiB if meas else float('nan'):.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cuda", action="store_true", help="measure on the GPU (else fake tensors on the CPU)")
+    p.add_argument("--no-compile", action="store_true", help="on the GPU: eager runs only")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    args = p.parse_args(argv)
+    if args.cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --cuda asks for a GPU and torch sees none; run without --cuda for the CPU check.",
+                  file=sys.stderr)
+            return 2
+        rows = rows_on_gpu(not args.no_compile)
+    else:
+        rows = rows_without_gpu()
+    print(table(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""A classification task with a known answer: is this German translation correct?
+
+Each example is an English sentence of the course grammar (``course_lib.data.grammar``)
+and a German sentence that is either its translation (label 1) or the translation with
+one error put in (label 0). The errors need context, often from both sides of a word:
+
+- ``agreement``: an article or adjective with the wrong ending ("der mann sieht *der*
+  hund": the case comes from the word's role, i.e. from the verb before it; the gender from
+  the noun after it);
+- ``verb``: a verb in the wrong person ("heute *siehst* der mann ...": the subject comes
+  after the verb);
+- ``order``: a verb swapped with its neighbour ("der mann den *sieht* hund");
+- ``noun``: a noun replaced by another of the same gender ("der mann sieht den *brief*"
+  for "the man sees the dog"): grammatical German, a wrong translation, which only the
+  English tells.
+
+``translation_check(n_train, n_test, seed)`` gives balanced training and held-out sets
+(no held-out English sentence occurs in the training set), deterministic in the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import NamedTuple
+
+from course_lib.data import grammar
+
+KINDS = ("agreement", "verb", "order", "noun")
+
+ARTICLES = [
+    ["der", "die", "das", "den", "dem"],
+    ["ein", "eine", "einen", "einem", "einer"],
+    ["mein", "meine", "meinen", "meinem", "meiner"],
+]
+ADJECTIVE_ENDINGS = ("e", "en", "er", "es")
+
+
+def _verb_families() -> list[list[str]]:
+    families = []
+    for _, _, conj, particle, _ in grammar.VERBS:
+        forms = sorted(set(conj.values()))
+        families.append(forms)  # main clause: "ruft ... an"
+        if particle:
+            families.append(sorted({particle + f for f in forms}))  # verb-final: "anruft"
+    for _, _, conj, _ in grammar.MODALS:
+        families.append(sorted(set(conj.values())))
+    for _, _, conj in grammar.SAY_VERBS:
+        families.append(sorted(set(conj.values())))
+    return families
+
+
+VERB_FAMILIES = _verb_families()
+NOUNS_BY_GENDER = {g: sorted(n[1] for n in grammar.NOUNS if n[2] == g) for g in "mfn"}
+
+
+def _family(word: str, families) -> list[str] | None:
+    return next((f for f in families if word in f), None)
+
+
+def _adjective_forms(word: str) -> list[str] | None:
+    for _, stem in grammar.ADJECTIVES:
+        if word.startswith(stem) and word[len(stem):] in ADJECTIVE_ENDINGS:
+            return [stem + e for e in ADJECTIVE_ENDINGS]
+    return None
+
+
+class CheckExample(NamedTuple):
+    english: str
+    german: str
+    label: int  # 1: the correct translation, 0: one error put in
+    kind: str  # "correct" or the kind of error
+    position: int  # index of the changed German word (-1 if correct)
+
+
+def corrupt(german: str, kind: str, rng: random.Random) -> tuple[str, int] | None:
+    """Put one error of ``kind`` into ``german`` (words separated by spaces). Returns
+    ``(new sentence, index of the changed word)``, or None if the sentence offers no
+    place for that kind of error. The result always differs from ``german``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown error kind {kind!r}; choose from {KINDS}.")
+    words = german.split()
+    options = []  # (position, replacement words)
+    for i, w in enumerate(words):
+        if kind == "agreement":
+            forms = _family(w, ARTICLES) or _adjective_forms(w)
+            if forms:
+                options += [(i, [f]) for f in forms if f != w]
+        elif kind == "verb":
+            forms = _family(w, VERB_FAMILIES)
+            if forms:
+                options += [(i, [f]) for f in forms if f != w]
+        elif kind == "noun":
+            gender = next((g for g, nouns in NOUNS_BY_GENDER.items() if w in nouns), None)
+            if gender:
+                options += [(i, [f]) for f in NOUNS_BY_GENDER[gender] if f != w]
+        elif _family(w, VERB_FAMILIES):  # order: swap a verb with a neighbouring word
+            for j in (i - 1, i + 1):
+                if 0 <= j < len(words) and words[j] not in (",", ".") and words[j] != w:
+                    options.append((i, j))
+    if not options:
+        return None
+    i, change = rng.choice(options)
+    new = list(words)
+    if kind == "order":
+        j = change
+        new[i], new[j] = new[j], new[i]
+        i = min(i, j)
+    else:
+        new[i] = change[0]
+    return " ".join(new), i
+
+
+def make_examples(pairs, seed: int = 0, kinds=KINDS, p_correct: float = 0.5) -> list[CheckExample]:
+    """One example per (English, German) pair: the translation itself with probability
+    ``p_correct``, else with one error of a kind drawn from ``kinds``."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}.")
+    rng = random.Random(seed)
+    out = []
+    for en, de in pairs:
+        if rng.random() < p_correct:
+            out.append(CheckExample(en, de, 1, "correct", -1))
+            continue
+        for kind in rng.sample(list(kinds), len(kinds)):  # a kind this sentence allows
+            made = corrupt(de, kind, rng)
+            if made is not None:
+                out.append(CheckExample(en, made[0], 0, kind, made[1]))
+                break
+        else:
+            out.append(CheckExample(en, de, 1, "correct", -1))
+    return out
+
+
+def translation_check(n_train: int, n_test: int, seed: int = 0, kinds=KINDS, max_words: int | None = None):
+    """``(train, test)`` lists of ``CheckExample``; about half of each is correct. The
+    held-out English sentences never occur in the training set. ``max_words``: keep only
+    pairs with at most that many words in English and German together."""
+    extra = 3 if max_words else 1  # long pairs are dropped: draw more
+    train_pairs, test_pairs = grammar.train_test_split(extra * n_train, extra * n_test, seed)
+    if max_words:
+        def short(pairs):
+            return [(e, d) for e, d in pairs if len(e.split()) + len(d.split()) <= max_words]
+
+        train_pairs, test_pairs = short(train_pairs), short(test_pairs)
+    return (make_examples(train_pairs[:n_train], seed, kinds),
+            make_examples(test_pairs[:n_test], seed + 1, kinds))

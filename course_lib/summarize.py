@@ -1,0 +1,57 @@
+"""Summaries: ROUGE over a set of examples, and prompting a pretrained GPT with "TL;DR:".
+
+    "To induce summarization behavior we add the text TL;DR: after the article and
+    generate 100 tokens with Top-k random sampling (Fan et al., 2018) with k = 2 [...]
+    We use the first 3 generated sentences in these 100 tokens as the summary."
+    (Radford et al., 2019, *Language Models are Unsupervised Multitask Learners*, 3.6)
+
+Zero-shot: the dialogue and "TL;DR:"; one- and few-shot: solved examples (dialogue,
+"TL;DR:", summary) before it, so the model sees what a summary looks like.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge(predictions: list[str], references: list[str], types=ROUGE_TYPES) -> dict[str, float]:
+    """Mean ROUGE F-measures (the ``rouge-score`` package, Google's implementation)."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references) or not references:
+        raise ValueError(f"need as many predictions as references (got {len(predictions)} and "
+                         f"{len(references)}), and at least one.")
+    scorer = rouge_scorer.RougeScorer(list(types))
+    scores = [scorer.score(r, p) for p, r in zip(predictions, references)]
+    return {t: sum(s[t].fmeasure for s in scores) / len(scores) for t in types}
+
+
+def tldr_prompt(text: str, shots=()) -> str:
+    """A prompt for ``text``: each (text, summary) of ``shots`` as a solved example, then
+    ``text`` and "TL;DR:" for the model to continue."""
+    solved = "".join(f"{t}\nTL;DR: {s}\n\n" for t, s in shots)
+    return f"{solved}{text}\nTL;DR:"
+
+
+@torch.no_grad()
+def prompt_summaries(model, tokenizer, texts: list[str], shots=(), max_new_tokens: int = 32) -> list[str]:
+    """Greedy continuations of ``tldr_prompt(text, shots)`` by a GPT, cut at the first line
+    break: the model's summary of each text. Prompts longer than the model's context keep
+    their last ``block_size - max_new_tokens`` tokens."""
+    from course_lib.generate import generate
+
+    device = next(model.parameters()).device
+    keep = model.config.block_size - max_new_tokens
+    if keep < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of "
+                         f"{model.config.block_size} tokens.")
+    model.eval()
+    out = []
+    for text in texts:
+        ids = tokenizer.encode(tldr_prompt(text, shots))[-keep:]
+        new = generate(model, torch.tensor([ids], device=device), max_new_tokens, temperature=0.0,
+                       vocab_size=tokenizer.vocab_size)[0, len(ids):]
+        out.append(tokenizer.decode(new.tolist()).strip().split("\n")[0].strip())
+    return out

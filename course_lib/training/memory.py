@@ -1,0 +1,483 @@
+"""How much GPU memory one training step needs, known before the first step, without a GPU.
+
+Two ways, tested against each other:
+
+- ``estimate_memory``: an analytic count. Every tensor a training step keeps is listed by
+  hand from what each layer saves for its backward pass (the inputs of the matmuls, the
+  LayerNorm statistics, the attention kernel's output and log-sum-exp, ...), times the bytes
+  of its dtype. It runs in microseconds for any size, so the planner can try many batches.
+- ``measure_memory``: the real model code run under PyTorch's ``FakeTensorMode`` (tensors
+  with shapes and dtypes but no storage) on the CPU, with a ``TorchDispatchMode``
+  (``PeakBytes``) counting the bytes of every storage from the operation that makes it
+  until Python frees it, and the peak. It allocates nothing, so it also runs for
+  ``gpt2-124m`` on a laptop, in seconds.
+
+Where the peak is. Gradient accumulation holds the gradients of earlier micro-batches, the
+optimizer keeps its state between steps, and the forward pass keeps every saved tensor
+until the backward pass reaches it, so the peak is at the start of the backward pass:
+
+    weights            float32 parameters and buffers
+    gradients          float32, one per parameter (held across micro-batches)
+    optimizer state    AdamW/Adam: two float32 moments per parameter (+ a step counter per tensor)
+    weight copies      bf16/fp16 copies of the matmul weights that autocast makes and
+                       the backward pass needs (none in float32)
+    activations        what the layers saved for backward
+    logits             the logits, the float32 log-softmax of the loss, and the two float32
+                       gradients the loss's backward pass makes from it: (B, T, vocab) each
+
+The count models the eager CUDA kernels the course uses: fused attention (FlashAttention or
+memory-efficient attention: no T x T matrix), a 1-byte mask per dropout site. The fake
+measurement runs the CPU kernels, which match these with dropout 0 (with dropout > 0
+the CPU computes attention explicitly, so the two are compared at dropout 0). Under
+``torch.compile`` the peak is lower (fused elementwise kernels save fewer tensors): the
+estimate is then an upper bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from course_lib.gpt import GPTConfig
+from course_lib.transformer import TransformerConfig
+
+COMPONENTS = ("weights", "gradients", "optimizer", "weight_copies", "activations", "logits")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+GiB = 2**30
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes at the peak of one training step, by component (see the module text)."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    weight_copies: int
+    activations: int
+    logits: int
+    n_params: int = 0
+    precision: str = "bf16"
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, c) for c in COMPONENTS)
+
+    def gib(self) -> dict[str, float]:
+        """Each component and the total, in GiB."""
+        return {**{c: getattr(self, c) / GiB for c in COMPONENTS}, "total": self.total / GiB}
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+# ---- parameters ----------------------------------------------------------------------------
+
+@dataclass
+class ParamCount:
+    n_params: int  # unique parameters (a tied matrix once)
+    n_tensors: int  # unique parameter tensors
+    matmul_weights: int  # weight elements autocast copies to bf16/fp16 and keeps for backward
+    buffer_bytes: int  # non-parameter tensors the model holds (the sinusoidal table)
+
+
+def count_parameters(config: GPTConfig | TransformerConfig) -> ParamCount:
+    """Parameters of ``course_lib.gpt.GPT`` / ``course_lib.transformer.Transformer``, counted
+    from the config alone (the tests compare them with the real models)."""
+    if isinstance(config, GPTConfig):
+        V, d, L, b = config.vocab_size, config.d_model, config.n_layers, int(config.bias)
+        ln, ln_t = (1 + b) * d, 1 + b
+        layer = 2 * ln + 4 * (d * d + b * d) + (4 * d * d + b * 4 * d) + (4 * d * d + b * d)
+        layer_t = 2 * ln_t + 4 * (1 + b) + 2 * (1 + b)
+        n = V * d + config.block_size * d + L * layer + ln
+        tensors = 2 + L * layer_t + ln_t
+        return ParamCount(n, tensors, L * 12 * d * d + V * d, 0)
+    if isinstance(config, TransformerConfig):
+        d, f, Le, Ld = config.d_model, config.d_ff, config.n_layers, config.decoder_layers
+        Vs, Vt = config.src_vocab_size, config.tgt_vocab_size
+        attn, ff, ln = 4 * (d * d + d), d * f + f + f * d + d, 2 * d
+        n = Vs * d + Vt * d + (0 if config.tie_embeddings else Vt * d)
+        n += Le * (attn + ff + 2 * ln) + Ld * (2 * attn + ff + 3 * ln) + (2 * ln if config.norm_first else 0)
+        tensors = 2 + (0 if config.tie_embeddings else 1) + Le * (8 + 4 + 4) + Ld * (16 + 4 + 6)
+        tensors += 4 if config.norm_first else 0
+        matmul = Le * (4 * d * d + 2 * d * f) + Ld * (8 * d * d + 2 * d * f) + Vt * d
+        return ParamCount(n, tensors, matmul, 4 * config.max_len * d)
+    raise TypeError(f"expected a GPTConfig or TransformerConfig, got {type(config).__name__}.")
+
+
+def optimizer_bytes(n_params: int, n_tensors: int, optimizer: str = "adamw") -> int:
+    """State bytes: Adam(W) keeps two float32 moments per parameter and a float32 step
+    counter per tensor; SGD with momentum one float32 buffer per parameter."""
+    if optimizer in ("adamw", "adam"):
+        return 8 * n_params + 4 * n_tensors
+    if optimizer == "sgd":
+        return 4 * n_params
+    raise ValueError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}.")
+
+
+# ---- the analytic count ----------------------------------------------------------------------
+
+def _check(config, batch_size: int, seq_len: int, precision: str, optimizer: str) -> None:
+    from course_lib.training.precision import DTYPES
+
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {sorted(DTYPES)} (resolve 'auto' first), got {precision!r}.")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}.")
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}.")
+    limit = config.block_size if isinstance(config, GPTConfig) else config.max_len
+    if seq_len > limit:
+        raise ValueError(f"seq_len={seq_len} is longer than the model's context of {limit} tokens.")
+
+
+def _ff_bytes(a: int, BT: int, f: int, p_drop: bool, act: str) -> int:
+    """Feed-forward inner activations: ReLU keeps its output (which the second matmul also
+    reads); GELU keeps its input and the matmul its output; dropout adds a mask and a copy."""
+    inner = a * BT * f * (1 if act == "relu" else 2)
+    return inner + ((1 + a) * BT * f if p_drop else 0)
+
+
+def _fused_qkv() -> bool:
+    """Whether the course's attention projects Q, K and V of self-attention with one stacked
+    matmul (``MultiHeadAttention.project_qkv``) rather than three: it saves what it casts once."""
+    from course_lib.attention import MultiHeadAttention
+
+    return hasattr(MultiHeadAttention, "project_qkv")
+
+
+def estimate_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_len: int | None = None,
+                    precision: str = "bf16", optimizer: str = "adamw", *, src_len: int | None = None,
+                    keep_logits: bool | None = None, label_smoothing: float = 0.0) -> MemoryEstimate:
+    """The analytic count of the peak of one training step (eager, CUDA kernels).
+
+    ``seq_len``: tokens per sequence (GPT; default its ``block_size``), or target tokens
+    (Transformer; ``src_len`` source tokens, default the same). ``precision``: ``bf16`` or
+    ``fp16`` (autocast) or ``fp32``. ``keep_logits``: whether the caller holds the logits
+    through the backward pass (the GPT trainer does: ``logits, loss = model(x, y)``; the
+    translation trainer does not); default by model type.
+    """
+    is_gpt = isinstance(config, GPTConfig)
+    seq_len = seq_len or (config.block_size if is_gpt else config.max_len)
+    _check(config, batch_size, seq_len, precision, optimizer)
+    pc = count_parameters(config)
+    amp = precision != "fp32"
+    a = 2 if amp else 4  # bytes of a matmul's input/output
+    B, T, d, H = batch_size, seq_len, config.d_model, config.n_heads
+    BT = B * T
+    p_drop = config.dropout > 0
+    fused = _fused_qkv()
+    # Self-attention's projection inputs: autocast casts x once per matmul (three separate
+    # projections, or one for the stacked W_Q|W_K|W_V); float32 saves x itself, once.
+    qkv_in = (a if fused else 3 * a) if amp else 4
+    one_in = a if amp else 4
+    if is_gpt:
+        f, V = 4 * d, config.vocab_size
+        layer = (4 * BT * d + 8 * BT  # ln_1 input and statistics
+                 + qkv_in * BT * d + 3 * a * BT * d + a * BT * d + 4 * B * H * T  # q, k, v, out, lse
+                 + (BT * d if p_drop else 0)  # residual dropout mask
+                 + 4 * BT * d + 8 * BT + one_in * BT * d  # ln_2, the MLP's input
+                 + _ff_bytes(a, BT, f, False, "gelu") + (BT * d if p_drop else 0))
+        acts = config.n_layers * layer
+        acts += 8 * B * (T + 1) + 8 * BT  # token ids (a view of the batch) and the targets (a copy)
+        acts += (BT * d if p_drop else 0) + 4 * BT * d + 8 * BT + one_in * BT * d  # ln_f, the head's input
+        keep = True if keep_logits is None else keep_logits
+        tgt_tokens = BT
+    else:
+        S = src_len or seq_len
+        BS, f, V = B * S, config.d_ff, config.tgt_vocab_size
+        enc = (qkv_in * BS * d + a * B * S  # projection inputs, the padding mask as a float bias
+               + 3 * a * BS * d + a * BS * d + 4 * B * H * S  # q, k, v, out, lse
+               + one_in * BS * d  # heads merged (a copy after the fully-masked-row fix)
+               + 4 * BS * d + 8 * BS + one_in * BS * d  # norm1, the feed-forward's input
+               + _ff_bytes(a, BS, f, p_drop, config.activation)
+               + 4 * BS * d + 8 * BS + (2 * BS * d if p_drop else 0))  # norm2, two dropout masks
+        dec = (qkv_in * BT * d + 3 * a * BT * d + a * BT * d + 4 * B * H * T  # causal self-attention
+               + 4 * BT * d + 8 * BT  # norm1
+               + one_in * BT * d + (2 * a * BS * d if amp else 0) + a * B * S  # cross-attention inputs
+               + a * BT * d + 2 * a * BS * d + a * BT * d + 4 * B * H * T + one_in * BT * d
+               + 4 * BT * d + 8 * BT + one_in * BT * d  # norm2, the feed-forward's input
+               + _ff_bytes(a, BT, f, p_drop, config.activation)
+               + 4 * BT * d + 8 * BT + (3 * BT * d if p_drop else 0))
+        acts = config.n_layers * enc + config.decoder_layers * dec
+        acts += 0 if amp else 4 * BS * d  # float32: the encoder output, read by every cross-attention
+        acts += 8 * BS + 8 * B * (T + 1) + 8 * BT  # source ids, target ids (a view), targets (a copy)
+        acts += (BS * d + BT * d) if p_drop else 0  # dropout after the positional encoding
+        if config.norm_first:
+            acts += 4 * BS * d + 8 * BS + 4 * BT * d + 8 * BT  # the two final LayerNorms
+        acts += one_in * BT * d  # the output projection's input
+        keep = False if keep_logits is None else keep_logits
+        tgt_tokens = BT
+    # The logits, if held, and what is alive on top of the saved activations at the peak:
+    # at the start of the backward pass the float32 log-softmax and its two gradients, each
+    # (B, T, V); with a small vocabulary the peak moves into the last layer's backward pass,
+    # where the feed-forward's hidden gradient and the residual gradient are alive.
+    f_last = 4 * d if is_gpt else config.d_ff
+    loss_grads = 12 * tgt_tokens * V
+    layer_grads = a * tgt_tokens * f_last + 4 * tgt_tokens * d
+    logits = (a * tgt_tokens * V if keep else 0) + max(loss_grads, layer_grads)
+    # Weight copies: autocast's bf16/fp16 copy of every matmul weight; with the stacked
+    # projection, float32 also keeps the stacked W_Q|W_K|W_V (3 d^2) of each self-attention.
+    n_self_attn = config.n_layers if is_gpt else config.n_layers + config.decoder_layers
+    copies = a * pc.matmul_weights if amp else (4 * 3 * d * d * n_self_attn if fused else 0)
+    return MemoryEstimate(
+        weights=4 * pc.n_params + pc.buffer_bytes,
+        gradients=4 * pc.n_params,
+        optimizer=optimizer_bytes(pc.n_params, pc.n_tensors, optimizer),
+        weight_copies=copies,
+        activations=acts,
+        logits=logits,
+        n_params=pc.n_params,
+        precision=precision,
+    )
+
+
+# ---- the measurement: fake tensors and PyTorch's memory tracker ------------------------------
+
+def _make_optimizer(params, optimizer: str):
+    import torch
+
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=1e-4, foreach=False)
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=1e-4, foreach=False)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=False)
+    raise ValueError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}.")
+
+
+class PeakBytes:
+    """A ``TorchDispatchMode`` that counts the bytes of every tensor storage alive and keeps
+    the peak: each storage is counted when an operation first returns it and subtracted
+    when Python frees it (as the CUDA caching allocator's ``max_memory_allocated`` counts,
+    without its 512-byte rounding). Works on fake tensors, so nothing is allocated."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                tracker.track(out)
+                return out
+
+        self._mode = _Mode()
+        self._seen = WeakIdKeyDictionary()
+        self.live = 0
+        self.peak = 0
+
+    def _free(self, n: int) -> None:
+        self.live -= n
+
+    def track(self, obj) -> None:
+        """Count the storages of the tensors in ``obj`` (any nesting) not counted yet."""
+        import weakref
+
+        import torch
+        from torch.utils._pytree import tree_leaves
+
+        for t in tree_leaves(obj):
+            if not isinstance(t, torch.Tensor) or t.is_meta:
+                continue
+            st = t.untyped_storage()
+            if st in self._seen:
+                continue
+            n = st.nbytes()
+            self._seen[st] = n
+            weakref.finalize(st, self._free, n)
+            self.live += n
+            self.peak = max(self.peak, self.live)
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
+def _storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views of one storage count once: the
+    gradients of a stacked W_Q|W_K|W_V projection are three views of one gradient)."""
+    storages = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        storages[id(st)] = st  # keeps each alive, so no id is reused while counting
+    return sum(st.nbytes() for st in storages.values())
+
+
+def _training_step(model, opt, config, B: int, T: int, S: int, amp, keep: bool, label_smoothing: float,
+                   device, scaler=None):
+    """``step(n_micro)``: one optimizer step of ``n_micro`` micro-batches of random tokens, as
+    the trainers run it (the GPT trainer holds the logits; the loss is taken in float32).
+    Returns the bytes of the gradients just before the optimizer step."""
+    import torch
+    import torch.nn.functional as F
+
+    is_gpt = isinstance(config, GPTConfig)
+    held = []
+
+    nbytes = _storage_bytes
+
+    def micro_step(n_micro: int):
+        if is_gpt:
+            chunk = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
+            x, y = chunk[:, :-1], chunk[:, 1:]
+            with amp:
+                logits, loss = model(x, y)
+        else:
+            src = torch.randint(1, config.src_vocab_size, (B, S), device=device)
+            tgt = torch.randint(1, config.tgt_vocab_size, (B, T + 1), device=device)
+            with amp:
+                logits = model(src, tgt[:, :-1])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), tgt[:, 1:].flatten(),
+                                   ignore_index=config.pad_id, label_smoothing=label_smoothing)
+        held[:] = [logits] if keep else []
+        del logits
+        loss = loss / n_micro
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def step(n_micro: int) -> int:
+        for _ in range(n_micro):
+            micro_step(n_micro)
+        grads = nbytes(p.grad for p in model.parameters() if p.grad is not None)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        held.clear()
+        return grads
+
+    return step
+
+
+def _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits):
+    is_gpt = isinstance(config, GPTConfig)
+    seq_len = seq_len or (config.block_size if is_gpt else config.max_len)
+    _check(config, batch_size, seq_len, precision, optimizer)
+    return seq_len, src_len or seq_len, (is_gpt if keep_logits is None else keep_logits)
+
+
+def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_len: int | None = None,
+                   precision: str = "bf16", optimizer: str = "adamw", *, src_len: int | None = None,
+                   keep_logits: bool | None = None, label_smoothing: float = 0.0,
+                   grad_accum: int = 2) -> dict[str, int]:
+    """Run a training step of the real model under ``FakeTensorMode`` on the CPU and count the
+    bytes alive at its peak (``PeakBytes``): ``grad_accum`` micro-batches (2: the gradients of
+    the first are held through the second, as ``estimate_memory`` assumes), then the
+    optimizer step, after a first step that created the optimizer state. Returns the peak
+    ``total`` and the bytes of ``parameters``, ``buffers``, ``gradients`` and ``optimizer``
+    state as the real optimizer made them. Nothing is allocated: it runs for ``gpt2-124m``.
+    """
+    from unittest import mock
+
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import course_lib.embeddings as E
+    from course_lib.gpt import GPT
+    from course_lib.training.precision import DTYPES
+    from course_lib.transformer import Transformer
+
+    T, S, keep = _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits)
+    amp = (torch.autocast("cpu", dtype=DTYPES[precision]) if precision != "fp32"
+           else torch.autocast("cpu", enabled=False))
+
+    nbytes = _storage_bytes
+
+    # The embeddings check token ids on the host (int(ids.max())), which fake tensors cannot.
+    with mock.patch.object(E, "_check_ids", lambda ids, vocab_size: None), FakeTensorMode():
+        with torch.device("cpu"):
+            model = GPT(config) if isinstance(config, GPTConfig) else Transformer(config)
+        opt = _make_optimizer(model.parameters(), optimizer)
+        step = _training_step(model, opt, config, batch_size, T, S, amp, keep, label_smoothing, "cpu")
+        for p in model.parameters():  # one step on zero gradients creates the optimizer state
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tracker = PeakBytes()
+        tracker.track([list(model.parameters()), list(model.buffers()),
+                       [v for s in opt.state.values() for v in s.values()]])
+        with tracker:
+            grads = step(grad_accum)
+        state = [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        return {"parameters": nbytes(model.parameters()), "buffers": nbytes(model.buffers()),
+                "gradients": grads, "optimizer": nbytes(state), "total": tracker.peak}
+
+
+def measure_cuda_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_len: int | None = None,
+                        precision: str = "bf16", optimizer: str = "adamw", *, src_len: int | None = None,
+                        keep_logits: bool | None = None, label_smoothing: float = 0.0, grad_accum: int = 2,
+                        compile: bool = False, device: str = "cuda") -> dict[str, float]:
+    """The same step on a real CUDA GPU: ``torch.cuda.max_memory_allocated`` over the second
+    optimizer step (the first creates the optimizer state and, compiled, the kernels), and the
+    seconds that step took. For ``gpu_check``. On another device (a test on the CPU) the
+    same code runs and ``total`` is None."""
+    import time
+
+    import torch
+
+    from course_lib.gpt import GPT
+    from course_lib.training.precision import Precision, maybe_compile
+    from course_lib.transformer import Transformer
+
+    T, S, keep = _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits)
+    cuda = torch.device(device).type == "cuda"
+    prec = Precision(precision, torch.device(device).type)
+    torch.manual_seed(0)
+    model = (GPT(config) if isinstance(config, GPTConfig) else Transformer(config)).to(device)
+    fused = {"fused": True} if optimizer in ("adamw", "adam") and cuda else {}
+    opt = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam,
+           "sgd": lambda p, **k: torch.optim.SGD(p, momentum=0.9, **k)}[optimizer](
+        model.parameters(), lr=1e-4, **fused)
+    fn = maybe_compile(model, compile, log=print)
+    step = _training_step(fn, opt, config, batch_size, T, S, prec.autocast(), keep, label_smoothing, device,
+                          scaler=prec.scaler if prec.uses_scaler else None)
+    step(grad_accum)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    step(grad_accum)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    out = {"total": torch.cuda.max_memory_allocated() if cuda else None, "seconds": seconds,
+           "tokens_per_s": grad_accum * batch_size * T / seconds}
+    del model, opt, fn, step
+    if cuda:
+        torch.cuda.empty_cache()
+    return out
+
+
+# ---- tables and plots -------------------------------------------------------------------------
+
+def memory_table(rows: list[dict]):
+    """A pandas DataFrame from rows ``{"model", "device", "estimate": MemoryEstimate, ...}``
+    (extra keys become columns, e.g. ``micro_batch``, ``device memory``): one column per
+    component and the total, in GiB."""
+    import pandas as pd
+
+    records = []
+    for row in rows:
+        est = row["estimate"]
+        extra = {k: v for k, v in row.items() if k not in ("model", "device", "estimate")}
+        records.append({"model": row["model"], "device": row["device"], "precision": est.precision, **extra,
+                        **{c: round(v, 2) for c, v in est.gib().items()}})
+    return pd.DataFrame.from_records(records)
+
+
+def plot_memory(table, title: str = "Peak memory of one training step (GiB)"):
+    """Stacked bars of the components for each row of ``memory_table``, with the device's
+    memory (column ``device memory``, if present) as a dashed line. Returns the figure."""
+    from course_lib.plotting import stacked_bars
+
+    labels = [f"{r['model']}\n{r['device']}\n{r['precision']}" + (f" x{r['micro_batch']}" if "micro_batch" in r else "")
+              for _, r in table.iterrows()]
+    limits = list(table["device memory"]) if "device memory" in table else None
+    return stacked_bars({c.replace("_", " "): list(table[c]) for c in COMPONENTS}, labels, title=title,
+                        ylabel="GiB", limits=limits, limit_label="device memory")

@@ -1,0 +1,44 @@
+"""course_lib.summarize: ROUGE = the rouge-score package's per-example scores averaged by hand;
+prompts and greedy prompting with a tiny GPT (offline)."""
+
+import pytest
+import torch
+
+from course_lib.gpt import GPT, GPTConfig
+from course_lib.summarize import prompt_summaries, rouge, tldr_prompt
+from course_lib.tokenizer import CharTokenizer
+
+rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+
+
+def test_rouge_is_the_mean_of_the_packages_scores():
+    preds, refs = ["anna and ben meet on friday .", "the keys are here"], ["anna and ben will meet on friday .", "x"]
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    want = (scorer.score(refs[0], preds[0])["rougeL"].fmeasure + scorer.score(refs[1], preds[1])["rougeL"].fmeasure) / 2
+    assert rouge(preds, refs, ("rougeL",))["rougeL"] == pytest.approx(want)
+    assert rouge(refs, refs)["rouge2"] == pytest.approx(0.5)  # "x" alone has no bigram to match
+    with pytest.raises(ValueError, match="as many"):
+        rouge(["a"], [])
+
+
+def test_tldr_prompt_zero_and_few_shot():
+    assert tldr_prompt("a : hi\nb : hello") == "a : hi\nb : hello\nTL;DR:"
+    few = tldr_prompt("c : x", [("a : hi", "a says hi ."), ("b : yo", "b says yo .")])
+    assert few == "a : hi\nTL;DR: a says hi .\n\nb : yo\nTL;DR: b says yo .\n\nc : x\nTL;DR:"
+
+
+def test_prompt_summaries_continue_the_prompt_greedily(one_thread):
+    text = "a : hi\nTL;DR: abc .\n\nxyz"
+    tok = CharTokenizer.from_text(text + "\n;LDRT:")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layers=1, n_heads=2, d_model=16))
+    got = prompt_summaries(model, tok, ["a : hi", "xyz"], shots=[("a : hi", "abc .")], max_new_tokens=8)
+    assert len(got) == 2 and all("\n" not in g for g in got)
+    # the same as continuing the prompt by hand, one most likely token at a time
+    ids = tok.encode(tldr_prompt("xyz", [("a : hi", "abc .")]))
+    with torch.no_grad():
+        for _ in range(8):
+            ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+    assert got[1] == tok.decode(ids[-8:]).strip().split("\n")[0].strip()
+    with pytest.raises(ValueError, match="no room"):
+        prompt_summaries(model, tok, ["a"], max_new_tokens=64)

@@ -1,0 +1,84 @@
+"""The generated classification task and dialogue corpus: known answers by construction,
+checked by independent rules (the grammar's own word lists, re-parsing the dialogues)."""
+
+import random
+import re
+
+import pytest
+
+from course_lib.data import dialogues, grammar, tasks
+
+
+def test_corruptions_differ_from_the_translation_in_one_place():
+    rng = random.Random(0)
+    for _, de in grammar.generate_pairs(300, seed=3):
+        for kind in tasks.KINDS:
+            made = tasks.corrupt(de, kind, rng)
+            if made is None:
+                continue
+            new, i = made
+            a, b = de.split(), new.split()
+            assert len(a) == len(b) and new != de
+            changed = [j for j in range(len(a)) if a[j] != b[j]]
+            if kind == "order":
+                assert changed == [i, i + 1] and (a[i], a[i + 1]) == (b[i + 1], b[i])
+            else:
+                assert changed == [i]
+
+
+def test_each_kind_of_error_changes_the_right_kind_of_word():
+    articles = {w for group in tasks.ARTICLES for w in group}
+    verbs = {w for family in tasks.VERB_FAMILIES for w in family}
+    nouns = {n[1]: n[2] for n in grammar.NOUNS}
+    rng = random.Random(1)
+    for _, de in grammar.generate_pairs(200, seed=4):
+        words = de.split()
+        if (made := tasks.corrupt(de, "agreement", rng)) is not None:
+            old, new = words[made[1]], made[0].split()[made[1]]
+            assert (old in articles and new in articles) or old[:3] == new[:3]  # article or adjective ending
+        if (made := tasks.corrupt(de, "verb", rng)) is not None:
+            assert words[made[1]] in verbs and made[0].split()[made[1]] in verbs
+        if (made := tasks.corrupt(de, "noun", rng)) is not None:
+            old, new = words[made[1]], made[0].split()[made[1]]
+            assert nouns[old] == nouns[new]  # same gender: the German stays grammatical
+
+
+def test_translation_check_is_balanced_held_out_and_deterministic():
+    train, test = tasks.translation_check(600, 200, seed=2)
+    assert train == tasks.translation_check(600, 200, seed=2)[0]
+    assert not {e.english for e in test} & {e.english for e in train}
+    reference = dict(grammar.generate_pairs(600, seed=2))  # the training pairs' true translations
+    for ex in train:
+        assert (ex.german == reference[ex.english]) == (ex.label == 1)
+    share = sum(e.label for e in train) / len(train)
+    assert 0.4 < share < 0.6
+    assert {e.kind for e in train} == {"correct", *tasks.KINDS}
+    short, _ = tasks.translation_check(100, 10, seed=2, max_words=12)
+    assert all(len(e.english.split()) + len(e.german.split()) <= 12 for e in short)
+    with pytest.raises(ValueError, match="kinds"):
+        tasks.make_examples([("a .", "b .")], kinds=("spelling",))
+
+
+def test_dialogues_are_deterministic_and_held_out():
+    train, test = dialogues.train_test_split(500, 100, seed=0)
+    assert train == dialogues.generate_dialogues(500, seed=0)
+    assert not {d.text for d in test} & {d.text for d in train}
+    assert {d.scenario for d in train} == set(dialogues.SCENARIOS)
+    assert all(len({who for who, _ in d.turns}) >= 2 for d in train)
+    with pytest.raises(ValueError, match="n must be"):
+        dialogues.generate_dialogues(-1)
+
+
+def test_summaries_follow_from_the_dialogue():
+    """Read the outcome back from the dialogue by an independent rule: the day two people
+    meet on is the last day named; the summary is never a copy of a turn."""
+    days = "|".join(dialogues.DAYS)
+    for d in dialogues.generate_dialogues(400, seed=5):
+        assert all(said not in d.summary for _, said in d.turns if len(said.split()) > 3)
+        assert d.summary not in d.text
+        names = set(re.findall(r"^(\w+) :", d.text, flags=re.M))
+        assert {w for w in d.summary.split() if w in dialogues.NAMES} <= names
+        if d.scenario == "meet" and " will meet " in d.summary:
+            assert re.findall(days, d.text)[-1] == re.findall(days, d.summary)[-1]
+        if d.scenario == "late":
+            assert re.search(r"\b(five|ten|fifteen|twenty|thirty)\b", d.text.split("\n")[-1]).group(1) in d.summary
