@@ -147,6 +147,103 @@ def beam_search(model, src: torch.Tensor, bos_id: int, eos_id: int, beam_size: i
 
 
 @torch.no_grad()
+def batched_beam_search(model, src: torch.Tensor, bos_id: int, eos_id: int, beam_size: int = 4,
+                        max_new_tokens: int | list[int] = 64, alpha: float = 0.6,
+                        use_cache: bool = True) -> list[list[int]]:
+    """``beam_search`` for a batch of sentences at once: ``src (B, L)`` padded with
+    ``model.config.pad_id``; returns, per sentence, what ``beam_search`` returns for it
+    alone. ``max_new_tokens``: one limit for all, or one per sentence.
+
+    The decoder runs on ``B x beam_size`` rows: sentence ``b``'s beams are rows
+    ``b*beam_size ...``. A sentence with fewer live hypotheses than ``beam_size`` (the
+    first step has one) fills its other rows with score ``-inf``, so they never win a
+    place. The choice among each sentence's candidates is ``beam_search``'s, step for
+    step; a sentence that is done leaves the batch (its rows are dropped from the batch
+    and the caches), so the batch shrinks as sentences finish.
+    """
+    model.eval()
+    if src.dim() != 2:
+        raise ValueError(f"batched_beam_search takes source ids of shape (B, L), got {tuple(src.shape)}.")
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}.")
+    B, K, device = src.shape[0], beam_size, src.device
+    limits = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(limits) != B:
+        raise ValueError(f"max_new_tokens has {len(limits)} limits for {B} sentences; give one per sentence.")
+    limits = [min(n, model.config.max_len - 1) for n in limits]
+    pad = model.config.pad_id
+    src_mask = padding_mask(src, pad)
+    memory = model.encode(src, src_mask)
+    results: list[list[int] | None] = [None if n > 0 else [] for n in limits]
+    active = [b for b in range(B) if limits[b] > 0]  # sentences still searching, in batch order
+    rows = torch.tensor(active, device=device).repeat_interleave(K)
+    mem, mmask = memory.index_select(0, rows), src_mask.index_select(0, rows)
+    seqs = torch.full((len(active) * K, 1), bos_id, dtype=torch.long, device=device)
+    scores = torch.full((len(active), K), float("-inf"), dtype=torch.float64, device=device)
+    scores[:, 0] = 0.0  # one hypothesis (<bos>) per sentence at the start
+    caches = model.new_caches() if use_cache else None
+    finished: dict[int, list[tuple[float, list[int]]]] = {b: [] for b in active}
+    t = 0
+    while active:
+        if use_cache:
+            logits = model.decode(seqs[:, -1:], mem, mmask, caches=caches, start=t)
+        else:
+            logits = model.decode(seqs, mem, mmask)
+        logp = _forbid(logits[:, -1].double(), [pad, bos_id]).log_softmax(-1)
+        V = logp.shape[-1]
+        cand = (scores[:, :, None] + logp.view(len(active), K, V)).view(len(active), K * V)
+        n_finite = torch.isfinite(cand).sum(-1).tolist()
+        top_scores, top_idx = cand.topk(min(K * V, 2 * K + 1), dim=-1)
+        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+        seq_rows = seqs.tolist()
+        next_active, pick_rows, pick_tok, pick_scores = [], [], [], []
+        for a, b in enumerate(active):
+            k = min(K, n_finite[a])
+            last_step = t == limits[b] - 1
+            keep_rows, keep_tok, keep_scores = [], [], []
+            for rank, (sc, idx) in enumerate(zip(top_scores[a], top_idx[a])):
+                if sc == float("-inf"):
+                    break
+                row, tok = divmod(idx, V)
+                if tok == eos_id or last_step:
+                    if rank < k:
+                        ids = seq_rows[a * K + row][1:] + [tok]
+                        finished[b].append((sc / length_penalty(len(ids), alpha), ids))
+                elif len(keep_rows) < K:
+                    keep_rows.append(row)
+                    keep_tok.append(tok)
+                    keep_scores.append(sc)
+                if len(keep_rows) == K and rank >= k - 1:
+                    break
+            done = not keep_rows or last_step
+            if not done and finished[b]:
+                best = max(f[0] for f in finished[b])
+                bound = max(keep_scores) / length_penalty(limits[b], alpha) if alpha > 0 else max(keep_scores)
+                done = best >= bound
+            if done:
+                results[b] = max(finished[b], key=lambda f: f[0])[1] if finished[b] else seq_rows[a * K][1:]
+                continue
+            empty = K - len(keep_rows)  # rows without a hypothesis: any row, score -inf
+            next_active.append((a, b))
+            pick_rows += [a * K + r for r in keep_rows] + [a * K] * empty
+            pick_tok += keep_tok + [pad] * empty
+            pick_scores.append(keep_scores + [float("-inf")] * empty)
+        if not next_active:
+            break
+        index = torch.tensor(pick_rows, device=device)
+        seqs = torch.cat([seqs.index_select(0, index), torch.tensor(pick_tok, device=device)[:, None]], dim=1)
+        scores = torch.tensor(pick_scores, dtype=torch.float64, device=device)
+        kept = torch.tensor([a for a, _ in next_active], device=device).repeat_interleave(K) * K
+        mem, mmask = mem.index_select(0, kept), mmask.index_select(0, kept)
+        if caches is not None:
+            for c in caches:
+                c.reorder(index)
+        active = [b for _, b in next_active]
+        t += 1
+    return results
+
+
+@torch.no_grad()
 def sequence_log_prob(model, src: torch.Tensor, ids: list[int], bos_id: int) -> float:
     """log P(ids | src) by teacher forcing (``<pad>``/``<bos>`` forbidden, as in the searches)."""
     model.eval()
@@ -160,7 +257,9 @@ def sequence_log_prob(model, src: torch.Tensor, ids: list[int], bos_id: int) -> 
 
 def translate(model, tokenizer, sentences: list[str] | str, beam_size: int = 1, max_new_tokens: int | None = None,
               alpha: float = 0.6, batch_size: int = 64, warn=print) -> list[str] | str:
-    """Translate text. ``beam_size=1``: batched greedy search; else beam search per sentence.
+    """Translate text, ``batch_size`` sentences at a time. ``beam_size=1``: greedy search;
+    else beam search (``batched_beam_search``: the same output as ``beam_search`` run on
+    each sentence alone), with the length penalty ``alpha``.
 
     A source longer than the model's ``max_len`` is truncated to its first tokens, with a
     one-line warning (the model itself refuses over-long input with an error).
@@ -181,17 +280,28 @@ def translate(model, tokenizer, sentences: list[str] | str, beam_size: int = 1, 
                  f"translating its first {max_len - 1} tokens only")
             toks = toks[: max_len - 1]
         encoded.append(toks + [eos])
-    outputs: list[list[int]] = []
-    for start in range(0, len(encoded), batch_size if beam_size == 1 else 1):
-        chunk = encoded[start : start + (batch_size if beam_size == 1 else 1)]
+
+    def padded(chunk):
         src = torch.full((len(chunk), max(map(len, chunk))), pad, dtype=torch.long)
         for r, toks in enumerate(chunk):
             src[r, : len(toks)] = torch.tensor(toks)
-        src = src.to(device)
-        limit = max_new_tokens or min(max_len - 1, src.shape[1] + 50)
-        if beam_size == 1:
-            outputs += greedy_decode(model, src, bos, eos, limit)
-        else:
-            outputs.append(beam_search(model, src, bos, eos, beam_size, limit, alpha))
+        return src.to(device)
+
+    outputs: list[list[int]] = []
+    if beam_size == 1:
+        for start in range(0, len(encoded), batch_size):
+            src = padded(encoded[start : start + batch_size])
+            outputs += greedy_decode(model, src, bos, eos, max_new_tokens or min(max_len - 1, src.shape[1] + 50))
+    else:
+        # batches of similar lengths (less padding); each sentence keeps its own limit,
+        # so the result is the one-sentence-at-a-time beam search's
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        outputs = [[] for _ in encoded]
+        for start in range(0, len(order), batch_size):
+            part = order[start : start + batch_size]
+            limits = [max_new_tokens or min(max_len - 1, len(encoded[i]) + 50) for i in part]
+            found = batched_beam_search(model, padded([encoded[i] for i in part]), bos, eos, beam_size, limits, alpha)
+            for i, out in zip(part, found):
+                outputs[i] = out
     texts = [tokenizer.decode([t for t in out if t != eos]) for out in outputs]
     return texts[0] if single else texts

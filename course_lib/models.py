@@ -19,7 +19,7 @@ from torch import nn
 from course_lib.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.tokenizer import Tokenizer, load_tokenizer
-from course_lib.transformer import Transformer, TransformerConfig
+from course_lib.transformer import CHECKPOINT_DEFAULTS, Transformer, TransformerConfig
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,14 @@ class ModelKind:
     model: type
     trained_by: str
     used_by: str
+    # config keys newer than some checkpoints: the value that rebuilds a checkpoint without them
+    old_defaults: dict = field(default_factory=dict)
 
 
 KINDS: dict[str, ModelKind] = {
     "gpt": ModelKind(GPTConfig, GPT, "python -m course_lib train gpt", "python -m course_lib generate"),
     "transformer": ModelKind(TransformerConfig, Transformer, "python -m course_lib train translate",
-                             "python -m course_lib translate"),
+                             "python -m course_lib translate", CHECKPOINT_DEFAULTS),
 }
 
 # Parameter names of course_lib 0.1 checkpoints -> today's (one naming scheme since 0.2).
@@ -97,17 +99,27 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu", kind: str
         raise ValueError(f"{path} holds a {model_type!r} model (trained by `{found.trained_by}`), not a "
                          f"{kind!r} model{f' for `{command}`' if command else ''}; use `{found.used_by} {path}` "
                          "for this one.")
+    config = {**found.old_defaults, **config}
     try:
         model_config = found.config.from_dict(config)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{file}: its model config is not valid ({exc}); the file is damaged or was "
                               "edited: retrain or use another checkpoint.") from None
     model = found.model(model_config)
+    state = upgrade_state_dict(ckpt["model"])
     try:
-        model.load_state_dict(upgrade_state_dict(ckpt["model"]))
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{file}: the weights do not fit its own config ({str(exc).splitlines()[0]}); "
                          "the file is damaged or was edited: retrain or use another checkpoint.") from None
+    # Shared weights (one tensor under several names) are stored once per name; a name
+    # whose stored values differ from the loaded tensor was overwritten by another name.
+    loaded = model.state_dict()
+    differ = [k for k, v in state.items() if k in loaded and not torch.equal(loaded[k], v.to(loaded[k]))]
+    if differ:
+        raise CheckpointError(f"{file}: the weights {differ} are shared in the model its config builds, but differ "
+                         "in the file; the config does not match the weights (e.g. share_embeddings or "
+                         "tie_embeddings edited): fix config or retrain.")
     tok_file = file.with_name("tokenizer.json")
     tokenizer = load_tokenizer(tok_file) if tok_file.exists() else None
     return Trained(model.to(device).eval(), tokenizer, config, model_type, file, ckpt["train_state"])

@@ -33,6 +33,9 @@ from course_lib.embeddings import SinusoidalPositionalEncoding, TokenEmbedding
 COURSE_MODEL_KEYS = {"model_dim": "d_model", "hidden_dims": "d_ff", "num_heads": "n_heads",
                      "num_layers": "n_layers", "dropout": "dropout", "max_seq_length": "max_len"}
 COURSE_TRAIN_KEYS = {"train_data", "valid_data", "epochs", "batch_size", "learning_rate"}
+# Config keys added after checkpoints were first written, with the value that rebuilds those
+# older checkpoints' models (a config without the key was trained without the feature).
+CHECKPOINT_DEFAULTS = {"share_embeddings": False}
 
 
 ACTIVATIONS = {
@@ -59,6 +62,9 @@ class TransformerConfig:
     norm_first: bool = False  # False: the paper's post-norm
     max_len: int = 256  # longest source or target sequence, in tokens
     tie_embeddings: bool = True  # output projection shares the target embedding's weights
+    # source and target embeddings are one matrix; None: yes when the vocabularies are one
+    # (src_vocab_size == tgt_vocab_size). With tie_embeddings, that is the paper's 3.4.
+    share_embeddings: bool | None = None
     pad_id: int = 0
     layer_norm_eps: float = 1e-5
 
@@ -81,6 +87,12 @@ class TransformerConfig:
             problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
+        if self.share_embeddings is None and not problems:
+            self.share_embeddings = self.src_vocab_size == self.tgt_vocab_size
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            problems.append(f"share_embeddings=True needs one vocabulary for both languages, but src_vocab_size="
+                            f"{self.src_vocab_size} and tgt_vocab_size={self.tgt_vocab_size}; use a joint "
+                            "tokenizer or share_embeddings=False")
         if not problems and not 0 <= self.pad_id < self.src_vocab_size:
             problems.append(f"pad_id={self.pad_id} is outside the vocabulary")
         if problems:
@@ -224,9 +236,12 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() > 1 and "embed" not in name:
                 nn.init.xavier_uniform_(p)
+        # "we share the same weight matrix between the two embedding layers and the
+        # pre-softmax linear transformation" (3.4): one tensor, three uses, whose gradient
+        # is the sum of the three uses' gradients.
+        if cfg.share_embeddings:
+            self.src_embed.weight = self.tgt_embed.weight
         if cfg.tie_embeddings:
-            # "we share the same weight matrix between the two embedding layers and the
-            # pre-softmax linear transformation" (3.4)
             self.out_proj.weight = self.tgt_embed.weight
 
     @classmethod

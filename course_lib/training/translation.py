@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import scaleout as D
+from course_lib.checkpoint import read_metadata
 from course_lib.env import get_device
 from course_lib.tokenizer import SPECIALS, BPETokenizer, WordTokenizer, special_ids
 from course_lib.training.core import (
@@ -50,10 +52,12 @@ from course_lib.training.core import (
     setting,
 )
 from course_lib.training.precision import choose_precision, compile_model
-from course_lib.transformer import COURSE_MODEL_KEYS, TransformerConfig
+from course_lib.transformer import CHECKPOINT_DEFAULTS, COURSE_MODEL_KEYS, TransformerConfig
 
 PRESETS = {
     "small": dict(d_model=64, n_heads=4, n_layers=2, d_ff=128, dropout=0.0, max_len=64),  # CPU, notebook 07
+    # Multi30k on a laptop's CPU (resources/recipes/multi30k_cpu.json holds its training settings)
+    "multi30k-cpu": dict(d_model=256, n_heads=4, n_layers=3, d_ff=1024, dropout=0.1, norm_first=True, max_len=128),
     "base": {},  # the paper's base model: TransformerConfig's defaults (Table 3)
 }
 # The training names of the original seq2seq course's JSON config -> ours.
@@ -79,11 +83,27 @@ class TranslationTrainConfig(TrainConfig):
     epochs: int = setting(10, "passes over the data when --steps is not given")
     lr_scale: float = setting(1.0, "multiplies the paper's schedule (when --lr is not given)")
     label_smoothing: float = setting(0.1, "label smoothing (5.4)")
+    schedule: str = setting("noam", "learning rate: noam (the paper's: warmup, then 1/sqrt(step)) or linear "
+                            "(warmup, then straight down to 0 at the end of --steps or --max-minutes, whichever "
+                            "comes first)", choices=("noam", "linear"))
+    max_minutes: float | None = setting(None, "stop after this many minutes of training (evaluation not counted; "
+                                        "one process only)")
+    average_last: int = setting(0, "at the end, average the weights of the last N evaluation checkpoints "
+                                "(0 or 1: off)")
+    eval_beam: int = setting(4, "beam size of the final BLEU evaluation (1: greedy)")
+    eval_alpha: float = setting(0.6, "length penalty of the final beam search (6.1)")
 
     def check(self) -> list[str]:
         problems = [f"{name}={getattr(self, name)!r} must be an integer >= 1"
                     for name in ("n_train", "n_valid", "epochs", "bpe_vocab_size")
                     if not isinstance(getattr(self, name), int) or getattr(self, name) < 1]
+        if self.schedule not in ("noam", "linear"):
+            problems.append(f"schedule={self.schedule!r} must be 'noam' or 'linear'")
+        if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float)) and self.max_minutes > 0):
+            problems.append(f"max_minutes={self.max_minutes!r} must be > 0")
+        for name in ("average_last", "eval_beam"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < (1 if name == "eval_beam" else 0):
+                problems.append(f"{name}={getattr(self, name)!r} must be an integer >= {int(name == 'eval_beam')}")
         if not (isinstance(self.label_smoothing, (int, float)) and 0.0 <= self.label_smoothing < 1.0):
             problems.append(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
         return problems
@@ -93,6 +113,7 @@ def load_config(source: str | Path | dict) -> tuple[dict, dict]:
     """A JSON config (our names, or the original course's: ``train_data``, ``model_dim``,
     ...) -> (training settings, model settings), both with our names."""
     d = read_json(source, "config") if not isinstance(source, dict) else dict(source)
+    d.pop("preset", None)  # the command reads it (a model size from PRESETS)
     train_names = set(TranslationTrainConfig.__dataclass_fields__)
     model_names = set(TransformerConfig.__dataclass_fields__)
     train, model, unknown = {}, {}, []
@@ -196,11 +217,25 @@ def evaluate_loss(model, examples, batch_size: int = 64, precision=None) -> floa
 
 # ---- the loop ------------------------------------------------------------------------------
 
+def average_weights(snapshots: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of several state dicts (checkpoint averaging: "we used a single
+    model obtained by averaging the last 5 checkpoints", 6.1)."""
+    return {k: torch.stack([s[k].float() for s in snapshots]).mean(0).to(snapshots[-1][k].dtype)
+            for k in snapshots[-1]}
+
+
 def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfig, resume: bool = False,
-          until_step: int | None = None, make_optimizer=None) -> dict:
+          until_step: int | None = None, make_optimizer=None, on_step=None) -> dict:
     """Train ``model`` on (source, target) text pairs, checkpointing into ``cfg.out`` (if
     set). Returns the training state: ``step``, ``epoch``, ``train_losses`` ([step, loss]
-    per step), ``evals`` (dicts with the validation loss), ``steps_per_epoch``.
+    per step), ``evals`` (dicts with the validation loss), ``steps_per_epoch``,
+    ``train_seconds`` (time spent training, evaluation not counted).
+
+    ``cfg.max_minutes`` ends the run at the first step past that much training time;
+    ``cfg.average_last = N`` replaces the final weights by the mean of the last N
+    evaluation checkpoints' (kept in memory; a resumed run averages those since it
+    resumed). ``on_step(state, model)``, if given, is called after every step, outside
+    the training clock; a true answer ends the run there, as running out of time does.
 
     ``make_optimizer(model)``: another optimizer than the paper's Adam (the tests use plain
     SGD, under which a wrong gradient scale cannot hide); the schedule still sets its lr."""
@@ -218,15 +253,25 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfi
         raise ValueError("no training pairs left (all empty or longer than max_len); check the data.")
     valid, _ = encode_pairs(tokenizer, valid_pairs or [], model.config.max_len)
     D.check_batches(cfg.batch_size, len(examples), ctx, cfg.grad_accum)
+    if ctx.world_size > 1 and (cfg.max_minutes or cfg.average_last > 1):
+        raise ValueError("max_minutes and average_last work in one process only; leave them out under torchrun.")
     lengths = [(len(s), len(t)) for s, t in examples]
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    last_step = min(cfg.steps or cfg.epochs * steps_per_epoch, until_step or math.inf)
+    schedule_end = cfg.steps or cfg.epochs * steps_per_epoch
+    last_step = min(schedule_end, until_step or math.inf)
     d_model = model.config.d_model
     peak = noam_lr(cfg.warmup, d_model, cfg.warmup)  # the paper's schedule peaks at step = warmup
 
-    def lr_at(step: int) -> float:
+    planned = schedule_end
+
+    def lr_at(step: int, seconds: float = 0.0) -> float:
         scale = cfg.lr_scale if cfg.lr is None else cfg.lr / peak
-        return noam_lr(step, d_model, cfg.warmup, scale)
+        if cfg.schedule == "noam":
+            return noam_lr(step, d_model, cfg.warmup, scale)
+        done = (step - 1) / planned  # the share of the budget spent before this step
+        if cfg.max_minutes:
+            done = max(done, seconds / (60 * cfg.max_minutes))
+        return scale * peak * min(1.0, step / max(1, cfg.warmup)) * max(0.0, 1.0 - done)
 
     model.to(device)
     step_model = D.wrap_model(model, ctx, "fsdp" if cfg.fsdp else "ddp")  # before the optimizer
@@ -240,12 +285,15 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfi
     if run is not None and ctx.is_main:
         tokenizer.save(run.tokenizer)
     progress = Progress(last_step, state["step"], cfg)
+    snapshots: list[tuple[int, dict]] = []  # (step, weights) of the last evaluations, for averaging
+    state.setdefault("train_seconds", 0.0)
+    clock = time.perf_counter()
     model.train()
     while state["step"] < last_step:
         batches = make_batches(lengths, cfg.batch_size, seed=cfg.seed * 100003 + state["epoch"])
         for idx in batches[state["batch"]:]:
             step = state["step"] + 1
-            set_lr(optimizer, lr_at(step))
+            set_lr(optimizer, lr_at(step, state["train_seconds"]))
             n_batch = sum(len(examples[i][1]) - 1 for i in idx)  # target tokens of the whole batch
             parts = micro_batches(D.rank_part(idx, ctx), cfg.grad_accum)  # this rank's pairs, cut up
             step_loss = torch.zeros((), device=device)
@@ -261,16 +309,30 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfi
             optimizer.zero_grad(set_to_none=True)
             state.update(step=step, batch=state["batch"] + 1)
             state["train_losses"].append([step, round(float(D.average(step_loss, ctx)), 6)])
+            state["train_seconds"] += time.perf_counter() - clock
+            stop = bool(cfg.max_minutes) and state["train_seconds"] >= 60 * cfg.max_minutes
+            if on_step is not None:
+                stop = bool(on_step(state, model)) or stop
+            if stop:  # out of time: evaluate, (average,) save and stop here
+                last_step = schedule_end = step
             progress.update(loss=f"{state['train_losses'][-1][1]:.3f}", epoch=state["epoch"])
             if state["batch"] == len(batches):  # the end of an epoch
                 state.update(epoch=state["epoch"] + 1, batch=0)
             if is_eval_step(step, cfg, last_step):
+                if cfg.average_last > 1:
+                    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    snapshots = (snapshots + [(step, weights)])[-cfg.average_last:]
+                if step == schedule_end and len(snapshots) > 1:  # the run's end, not an interruption
+                    model.load_state_dict(average_weights([w for _, w in snapshots]))
+                    state["averaged_steps"] = [s for s, _ in snapshots]
+                    log(f"averaged the weights of steps {state['averaged_steps']}")
                 if valid:
                     val = evaluate_loss(step_model, valid, cfg.batch_size, precision)
-                    state["evals"].append({"step": step, "val": round(val, 6), "lr": lr_at(step)})
+                    state["evals"].append({"step": step, "val": round(val, 6), "lr": optimizer.param_groups[0]["lr"]})
                     log(f"step {step}: validation loss {val:.4f}")
                 if run is not None:
                     save_run(run, model, optimizer, state, precision)
+            clock = time.perf_counter()
             if step == last_step or state["batch"] == 0:
                 break
     progress.close()
@@ -278,13 +340,15 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfi
     return {**state, "steps_per_epoch": steps_per_epoch}
 
 
-def evaluate_translations(model, tokenizer, pairs, beam_size: int = 1) -> dict:
-    """Translate the sources of ``pairs``; corpus BLEU (sacrebleu) and exact-match rate."""
+def evaluate_translations(model, tokenizer, pairs, beam_size: int = 1, alpha: float = 0.6) -> dict:
+    """Translate the sources of ``pairs``; corpus BLEU (sacrebleu) and exact-match rate.
+    The references are the tokenizer's round trip of the targets: the raw text itself for
+    the byte-level BPE (lossless), spaced-out words for the word tokenizer."""
     import sacrebleu
 
     from course_lib.decoding import translate
 
-    hyps = translate(model, tokenizer, [s for s, _ in pairs], beam_size=beam_size, warn=lambda m: None)
+    hyps = translate(model, tokenizer, [s for s, _ in pairs], beam_size=beam_size, alpha=alpha, warn=lambda m: None)
     refs = [tokenizer.decode(tokenizer.encode(t)) for _, t in pairs]  # the reference as the tokenizer writes it
     exact = sum(h == r for h, r in zip(hyps, refs))
     bleu = sacrebleu.corpus_bleu(hyps, [refs]).score if pairs else float("nan")
@@ -299,8 +363,8 @@ COMMAND_DEFAULTS = {"out": "runs/translate"}  # the command writes a run folder;
 def build_parser() -> Parser:
     p = Parser(prog="python -m course_lib train translate",
                description="Train the encoder-decoder Transformer for translation (notebook 07).")
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                   help="model size: small (CPU) or base (the paper's)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="model size: small (CPU, the grammar), multi30k-cpu (CPU, real sentences) or base (the paper's)")
     p.add_argument("--config", help="JSON file of settings (our names or the original course's: "
                    "train_data, model_dim, ...)")
     p.add_argument("--resume", action="store_true",
@@ -323,6 +387,9 @@ def command(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     train_file, model_file = load_config(args.config) if args.config else ({}, {})
+    preset = args.preset or (read_json(args.config, "config").get("preset") if args.config else None) or "small"
+    if preset not in PRESETS:
+        raise ValueError(f"{args.config}: preset {preset!r} is not one of {sorted(PRESETS)}.")
     out = given(args, TranslationTrainConfig).get("out") or train_file.get("out") or COMMAND_DEFAULTS["out"]
     saved_train, saved_model = saved_settings(out) if args.resume else ({}, {})  # the run's own settings
     cfg = TranslationTrainConfig.from_dict({**COMMAND_DEFAULTS, **saved_train, **train_file,
@@ -342,8 +409,11 @@ def command(argv=None) -> int:
         tokenizer = load_tokenizer(run.tokenizer)  # the vocabulary the checkpoint was trained with
     else:
         tokenizer = build_tokenizer(train_pairs, cfg.tokenizer, cfg.bpe_vocab_size)
+    # a run written before a config key existed resumes with the value it was trained with
+    saved = read_metadata(run.require_checkpoint())["config"] if args.resume else {}
+    old_run = {k: v for k, v in CHECKPOINT_DEFAULTS.items() if args.resume and k not in saved}
     model_cfg = TransformerConfig.from_dict({
-        **PRESETS[args.preset], **saved_model, **model_file, **given(args, TransformerConfig, "model_"),
+        **PRESETS[preset], **old_run, **saved_model, **model_file, **given(args, TransformerConfig, "model_"),
         "src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
         "pad_id": tokenizer.special_tokens["<pad>"]})
     model = Transformer(model_cfg)
@@ -356,8 +426,9 @@ def command(argv=None) -> int:
     if model is None:  # ranks other than 0 are done
         return 0
     save_figure(plot_losses(state, "translation Transformer"), run.path / "loss", formats=("png",))
-    result = evaluate_translations(model, tokenizer, valid_pairs[:200])
-    log(f"greedy on {result['n']} validation pairs: BLEU {result['bleu']:.2f}, "
+    result = evaluate_translations(model, tokenizer, valid_pairs[:200], cfg.eval_beam, cfg.eval_alpha)
+    how = "greedy" if cfg.eval_beam == 1 else f"beam {cfg.eval_beam} (length penalty {cfg.eval_alpha})"
+    log(f"{how} on {result['n']} validation pairs: BLEU {result['bleu']:.2f}, "
         f"exact match {result['exact']}/{result['n']}")
     for (src, _), hyp in list(zip(valid_pairs, result["hypotheses"]))[:3]:
         log(f"  {src}  ->  {hyp}")
