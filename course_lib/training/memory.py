@@ -95,9 +95,10 @@ def count_parameters(config: GPTConfig | TransformerConfig) -> ParamCount:
         d, f, Le, Ld = config.d_model, config.d_ff, config.n_layers, config.decoder_layers
         Vs, Vt = config.src_vocab_size, config.tgt_vocab_size
         attn, ff, ln = 4 * (d * d + d), d * f + f + f * d + d, 2 * d
-        n = Vs * d + Vt * d + (0 if config.tie_embeddings else Vt * d)
+        shared = bool(config.share_embeddings)  # one matrix for both embeddings (3.4)
+        n = (0 if shared else Vs * d) + Vt * d + (0 if config.tie_embeddings else Vt * d)
         n += Le * (attn + ff + 2 * ln) + Ld * (2 * attn + ff + 3 * ln) + (2 * ln if config.norm_first else 0)
-        tensors = 2 + (0 if config.tie_embeddings else 1) + Le * (8 + 4 + 4) + Ld * (16 + 4 + 6)
+        tensors = (1 if shared else 2) + (0 if config.tie_embeddings else 1) + Le * (8 + 4 + 4) + Ld * (16 + 4 + 6)
         tensors += 4 if config.norm_first else 0
         matmul = Le * (4 * d * d + 2 * d * f) + Ld * (8 * d * d + 2 * d * f) + Vt * d
         return ParamCount(n, tensors, matmul, 4 * config.max_len * d)
