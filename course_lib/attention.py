@@ -21,6 +21,7 @@ one) do this, and agree. In ``MultiHeadAttention`` such a query's output is then
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -125,6 +126,40 @@ def fused_attention(
     fully_masked = ~mask.any(dim=-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | fully_masked, dropout_p=dropout_p)
     return out.masked_fill(fully_masked, 0.0)
+
+
+# Up to this many keys, on a CPU running more than one thread, attention written out (one
+# batched multiply that adds the causal mask as a bias, a softmax, one more multiply) is
+# faster than PyTorch's fused kernel, which shares short sequences out to threads poorly:
+# forward + backward 1.0-1.3x faster at 16-128 positions on 2 threads, slower from about 256,
+# and slower on 1 thread (benchmarks/bench_attention.py). MultiHeadAttention takes this path
+# there; everywhere else (masks, long sequences, one thread, GPUs) the fused kernel.
+CPU_SHORT_ATTENTION = 128
+
+
+@functools.lru_cache(maxsize=16)
+def _causal_bias(L_q: int, L_k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The causal mask as an additive bias: 0 where a query may attend, -inf where not
+    (kept: the same few lengths come back every step; never written to)."""
+    return torch.zeros(L_q, L_k, dtype=dtype, device=device).masked_fill_(
+        ~causal_mask(L_q, L_k, device=device), float("-inf"))
+
+
+def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
+                    dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d_k) + M) v, with the causal mask M as a bias (0 where a query may
+    attend, -inf where not): three batched operations on ``(..., L, d)`` tensors of the
+    same leading shape, no mask argument. The same numbers as ``fused_attention`` (to float
+    rounding); faster on the CPU for short sequences (see ``CPU_SHORT_ATTENTION``)."""
+    L_q, L_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    q3, k3, v3 = q.reshape(-1, L_q, d), k.reshape(-1, L_k, d), v.reshape(-1, L_k, v.shape[-1])
+    if is_causal:
+        bias = _causal_bias(L_q, L_k, q.dtype, q.device)
+        scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=1 / math.sqrt(d))
+    else:
+        scores = torch.bmm(q3, k3.transpose(1, 2)) / math.sqrt(d)
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout_p) if dropout_p > 0.0 else scores.softmax(dim=-1)
+    return (weights @ v3).view(*q.shape[:-1], v.shape[-1])
 
 
 def causal_mask(L_q: int, L_k: int | None = None, device=None) -> torch.Tensor:
@@ -297,7 +332,10 @@ class MultiHeadAttention(nn.Module):
                 weights = None
         else:
             weights = None
-            if is_causal and mask is None and L_q == L_k:
+            if (mask is None and L_q == L_k and L_k <= CPU_SHORT_ATTENTION and q.device.type == "cpu"
+                    and torch.get_num_threads() > 1):
+                out = short_attention(q, k, v, is_causal, dropout_p)  # faster on the CPU, same numbers
+            elif is_causal and mask is None and L_q == L_k:
                 out = fused_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
             else:
                 if is_causal and L_q > 1:

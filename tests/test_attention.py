@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib import attention
 from course_lib.attention import (
+    CPU_SHORT_ATTENTION,
     KVCache,
     MultiHeadAttention,
     causal_mask,
@@ -15,6 +17,7 @@ from course_lib.attention import (
     padding_mask,
     record_attention,
     scaled_dot_product_attention,
+    short_attention,
 )
 
 SHAPES = [  # (batch dims, L_q, L_k, d_k, d_v)
@@ -146,6 +149,75 @@ def test_gradients_match_torch_sdpa(batch, L_q, L_k, d_k, d_v):
     for a, b, c in zip(got_explicit, got_fused, want):
         torch.testing.assert_close(a, c)
         torch.testing.assert_close(b, c)
+
+
+def heads_of(x, n_heads):
+    """q, k, v split into heads as MultiHeadAttention makes them: strided views."""
+    B, L, three_d = x.shape
+    return [t.view(B, L, n_heads, -1).transpose(1, 2) for t in x.chunk(3, dim=-1)]
+
+
+@pytest.mark.parametrize("is_causal", [True, False])
+@pytest.mark.parametrize("L", [1, 5, 16])
+def test_short_attention_matches_torch_sdpa_with_gradients(is_causal, L):
+    """The written-out path MultiHeadAttention takes on the CPU for short sequences:
+    the same output and gradients as PyTorch's fused kernel with a brute-force mask."""
+    g = torch.Generator().manual_seed(L)
+    base = torch.randn(2, L, 3 * 12, generator=g, dtype=torch.float64)
+    upstream = torch.randn(2, 3, L, 4, generator=g, dtype=torch.float64)
+    mask = brute_causal(L, L) if is_causal else None
+
+    def run(fn):
+        x = base.clone().requires_grad_()
+        out = fn(*heads_of(x, 3))
+        (out * upstream).sum().backward()
+        return out, x.grad
+
+    want, want_grad = run(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    got, got_grad = run(lambda q, k, v: short_attention(q, k, v, is_causal=is_causal))
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_short_attention_check_catches_a_mask_one_position_off(monkeypatch):
+    """The check above can fail: a causal bias that also hides the diagonal (each query
+    blind to its own position) gives different numbers."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = heads_of(torch.randn(2, 6, 24, generator=g), 2)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=brute_causal(6, 6))
+    monkeypatch.setattr(attention, "causal_mask", lambda L_q, L_k, device=None: brute_causal(L_q, L_k).tril(-1))
+    attention._causal_bias.cache_clear()  # the bias is kept between calls: build it anew
+    try:
+        got = short_attention(q, k, v, is_causal=True)
+    finally:
+        attention._causal_bias.cache_clear()
+    assert not torch.allclose(got[..., 1:, :], want[..., 1:, :], atol=1e-3)
+
+
+def test_mha_takes_the_short_path_only_where_it_is_faster(monkeypatch):
+    """On the CPU with more than one thread: unmasked attention up to CPU_SHORT_ATTENTION
+    positions; not with a mask, not longer, not for a cached generation step, not when
+    weights are wanted, not on one thread."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    calls = []
+    real = attention.short_attention
+    monkeypatch.setattr(attention, "short_attention", lambda *a, **k: calls.append(a[0].shape[-2]) or real(*a, **k))
+    mha = MultiHeadAttention(16, 4).eval()
+    short, long = torch.randn(2, 8, 16), torch.randn(1, CPU_SHORT_ATTENTION + 1, 16)
+    mha(short, is_causal=True)
+    mha(short)
+    assert calls == [8, 8]
+    mha(long, is_causal=True)
+    mha(short, mask=padding_mask(torch.ones(2, 8, dtype=torch.long), 0))
+    mha(short, is_causal=True, need_weights=True)
+    mha(short[:, :1], memory=short)  # cross-attention: L_q != L_k
+    cache = KVCache()
+    mha(short[:, :5], is_causal=True, cache=cache)  # the prompt: short path
+    mha(short[:, 5:6], is_causal=True, cache=cache)  # one new token against 6 keys: fused
+    assert calls == [8, 8, 5]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    mha(short, is_causal=True)
+    assert calls == [8, 8, 5]
 
 
 @pytest.mark.parametrize("path", ["explicit", "fused"])
