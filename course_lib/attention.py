@@ -21,7 +21,6 @@ one) do this, and agree. In ``MultiHeadAttention`` such a query's output is then
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -137,14 +136,6 @@ def fused_attention(
 CPU_SHORT_ATTENTION = 128
 
 
-@functools.lru_cache(maxsize=16)
-def _causal_bias(L_q: int, L_k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The causal mask as an additive bias: 0 where a query may attend, -inf where not
-    (kept: the same few lengths come back every step; never written to)."""
-    return torch.zeros(L_q, L_k, dtype=dtype, device=device).masked_fill_(
-        ~causal_mask(L_q, L_k, device=device), float("-inf"))
-
-
 def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
                     dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(d_k) + M) v, with the causal mask M as a bias (0 where a query may
@@ -154,7 +145,7 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal
     L_q, L_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
     q3, k3, v3 = q.reshape(-1, L_q, d), k.reshape(-1, L_k, d), v.reshape(-1, L_k, v.shape[-1])
     if is_causal:
-        bias = _causal_bias(L_q, L_k, q.dtype, q.device)
+        bias = causal_bias(L_q, L_k, dtype=q.dtype, device=q.device)
         scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=1 / math.sqrt(d))
     else:
         scores = torch.bmm(q3, k3.transpose(1, 2)) / math.sqrt(d)
@@ -170,6 +161,13 @@ def causal_mask(L_q: int, L_k: int | None = None, device=None) -> torch.Tensor:
     """
     L_k = L_q if L_k is None else L_k
     return torch.ones(L_q, L_k, dtype=torch.bool, device=device).tril(diagonal=L_k - L_q)
+
+
+def causal_bias(L_q: int, L_k: int | None = None, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``causal_mask`` as an additive bias ``(L_q, L_k)``: 0 where a query may attend, -inf
+    where it may not (above the bottom-right aligned diagonal)."""
+    L_k = L_q if L_k is None else L_k
+    return torch.full((L_q, L_k), float("-inf"), dtype=dtype, device=device).triu_(L_k - L_q + 1)
 
 
 def padding_mask(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:

@@ -179,18 +179,22 @@ def test_short_attention_matches_torch_sdpa_with_gradients(is_causal, L):
     torch.testing.assert_close(got_grad, want_grad)
 
 
+def test_causal_bias_is_the_causal_mask_as_zero_or_minus_infinity():
+    for L_q, L_k in [(4, 4), (2, 6), (1, 5)]:
+        want = torch.zeros(L_q, L_k).masked_fill(~brute_causal(L_q, L_k), float("-inf"))
+        assert torch.equal(attention.causal_bias(L_q, L_k), want)
+
+
 def test_short_attention_check_catches_a_mask_one_position_off(monkeypatch):
     """The check above can fail: a causal bias that also hides the diagonal (each query
     blind to its own position) gives different numbers."""
     g = torch.Generator().manual_seed(0)
     q, k, v = heads_of(torch.randn(2, 6, 24, generator=g), 2)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=brute_causal(6, 6))
-    monkeypatch.setattr(attention, "causal_mask", lambda L_q, L_k, device=None: brute_causal(L_q, L_k).tril(-1))
-    attention._causal_bias.cache_clear()  # the bias is kept between calls: build it anew
-    try:
-        got = short_attention(q, k, v, is_causal=True)
-    finally:
-        attention._causal_bias.cache_clear()
+    torch.testing.assert_close(short_attention(q, k, v, is_causal=True), want)
+    one_off = torch.zeros(6, 6).masked_fill(~brute_causal(6, 6).tril(-1), float("-inf"))
+    monkeypatch.setattr(attention, "causal_bias", lambda *a, **k: one_off)
+    got = short_attention(q, k, v, is_causal=True)
     assert not torch.allclose(got[..., 1:, :], want[..., 1:, :], atol=1e-3)
 
 
