@@ -271,3 +271,15 @@ def test_zip_folder_differs_when_a_file_differs(tmp_path):
     a = zip_folder(tmp_path / "e" / "nb", tmp_path / "a.zip").read_bytes()
     (tmp_path / "e" / "nb" / "a.png").write_bytes(b"changed")
     assert zip_folder(tmp_path / "e" / "nb", tmp_path / "b.zip").read_bytes() != a
+
+
+def test_commands_loss_plot_is_written_and_closed(tmp_path):
+    """The training commands save the loss plot and keep no figure open (a process that
+    trains many times, as the README test does, would otherwise pile figures up)."""
+    from course_lib.training.core import save_loss_plot
+
+    state = {"train_losses": [(1, 3.0), (2, 2.5)], "evals": [{"step": 2, "val": 2.7}]}
+    before = set(plt.get_fignums())
+    save_loss_plot(state, "a run", tmp_path / "loss")
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert set(plt.get_fignums()) == before

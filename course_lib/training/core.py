@@ -263,6 +263,17 @@ def plot_losses(state: dict, title: str = "training"):
     return fig
 
 
+def save_loss_plot(state: dict, title: str, path) -> None:
+    """``plot_losses`` written as ``path``.png, then closed: a command keeps no figure open."""
+    import matplotlib.pyplot as plt
+
+    from course_lib.plotting import save_figure
+
+    fig = plot_losses(state, title)
+    save_figure(fig, path, formats=("png",))
+    plt.close(fig)
+
+
 # ---- the command line, built from the settings -----------------------------------------------
 
 class UsageError(ValueError):

@@ -36,9 +36,9 @@ from course_lib.training.core import (
     log,
     micro_batches,
     new_state,
-    plot_losses,
     read_json,
     resume_run,
+    save_loss_plot,
     save_run,
     saved_settings,
     set_lr,
@@ -298,9 +298,7 @@ def command(argv=None) -> int:
     log(f"model: {model.num_parameters():,} parameters; {model_cfg}")
     state = train(model, data, cfg, tokenizer=tokenizer, resume=args.resume, until_step=args.until_step)
     if D.current().is_main and state["evals"]:
-        from course_lib.plotting import save_figure
-
-        save_figure(plot_losses(state, "GPT training"), Path(cfg.out) / "loss", formats=("png",))
+        save_loss_plot(state, "GPT training", Path(cfg.out) / "loss")
         log(f"done at step {state['step']} ({state['stopped']}): val loss {state['evals'][-1]['val']:.4f}; "
             f"run folder {cfg.out} (sample: python -m course_lib generate {cfg.out})")
     return 0

@@ -43,9 +43,9 @@ from course_lib.training.core import (
     micro_batches,
     new_state,
     noam_lr,
-    plot_losses,
     read_json,
     resume_run,
+    save_loss_plot,
     save_run,
     saved_settings,
     set_lr,
@@ -380,7 +380,6 @@ def command(argv=None) -> int:
     """``python -m course_lib train translate``: pairs -> tokenizer -> Transformer -> run folder."""
     from course_lib.data import load_pairs
     from course_lib.env import seed_everything
-    from course_lib.plotting import save_figure
     from course_lib.tokenizer import load_tokenizer
     from course_lib.training.plan import plan_run
     from course_lib.transformer import Transformer
@@ -425,7 +424,7 @@ def command(argv=None) -> int:
     model = D.full_model_on_main(model, lambda: Transformer(model_cfg).to(get_device(cfg.device)))
     if model is None:  # ranks other than 0 are done
         return 0
-    save_figure(plot_losses(state, "translation Transformer"), run.path / "loss", formats=("png",))
+    save_loss_plot(state, "translation Transformer", run.path / "loss")
     result = evaluate_translations(model, tokenizer, valid_pairs[:200], cfg.eval_beam, cfg.eval_alpha)
     how = "greedy" if cfg.eval_beam == 1 else f"beam {cfg.eval_beam} (length penalty {cfg.eval_alpha})"
     log(f"{how} on {result['n']} validation pairs: BLEU {result['bleu']:.2f}, "
