@@ -227,7 +227,8 @@ class MultiHeadAttention(nn.Module):
 
     ``need_weights=True`` computes attention explicitly and returns the per-head
     weights ``(B, n_heads, L_q, L_k)``; otherwise the fused PyTorch kernel is used
-    (same output, to float rounding, and much faster).
+    (same output, to float rounding, and much faster), or ``short_attention`` where that
+    is faster still (short unmasked sequences on a multi-threaded CPU).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
