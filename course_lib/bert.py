@@ -21,13 +21,14 @@ the weights of Hugging Face's ``BertForMaskedLM``; the tests check equal logits.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from course_lib.attention import padding_mask
+from course_lib.checkpoint import config_from_dict
 from course_lib.embeddings import LearnedPositionalEmbedding, TokenEmbedding
 from course_lib.transformer import EncoderLayer
 
@@ -72,11 +73,7 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> BertConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown BERT config field(s) {unknown}; known fields: {sorted(known)}.")
-        return cls(**d)
+        return config_from_dict(cls, d, "BERT config field")
 
     def to_dict(self) -> dict:
         return asdict(self)

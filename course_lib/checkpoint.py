@@ -21,6 +21,7 @@ and one written for another model configuration a ``CheckpointConfigError``: bot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -269,6 +270,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         "optimizer": optimizer,
         "rng": {k: v.cpu() for k, v in groups["rng"].items()},
     }
+
+
+def config_from_dict(cls, d: dict, what: str):
+    """``cls(**d)`` for a config dataclass, refusing keys it has no field for: one error
+    naming them and the known ones (``what``: "GPT config field", "training setting")."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; known: {sorted(known)}.")
+    return cls(**d)
 
 
 def check_config(expected: dict, found: dict, path: str | Path = "checkpoint") -> None:

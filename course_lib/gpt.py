@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.attention import KVCache
+from course_lib.checkpoint import config_from_dict
 from course_lib.embeddings import LearnedPositionalEmbedding, TokenEmbedding
 from course_lib.transformer import DecoderLayer
 
@@ -76,13 +77,9 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown GPT config field(s) {unknown}; known fields: {sorted(known)}.")
         if d.get("model_type", "gpt") != "gpt":
             raise ValueError(f"config has model_type={d['model_type']!r}, not 'gpt'; use that model's class.")
-        return cls(**d)
+        return config_from_dict(cls, d, "GPT config field")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> GPTConfig:

@@ -23,7 +23,13 @@ from pathlib import Path
 import torch
 
 from course_lib import scaleout as D
-from course_lib.checkpoint import CHECKPOINT, check_config, read_metadata, resolve_checkpoint
+from course_lib.checkpoint import (
+    CHECKPOINT,
+    check_config,
+    config_from_dict,
+    read_metadata,
+    resolve_checkpoint,
+)
 from course_lib.env import progress_disabled
 from course_lib.training.precision import PRECISIONS, Precision
 
@@ -90,11 +96,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}.")
-        return cls(**d)
+        return config_from_dict(cls, d, "training setting")
 
 
 def new_state(cfg: TrainConfig) -> dict:
