@@ -159,6 +159,18 @@ def test_the_fake_measurement_sees_what_the_model_does(measured):
     assert bigger["parameters"] == measured("gpt", "bf16")["parameters"]
 
 
+@pytest.mark.parametrize("case", ["gpt", "transformer"])
+def test_the_measurement_models_the_gpu_kernels_on_a_multithreaded_cpu(case, measured, monkeypatch):
+    """On a CPU with several threads the model writes short attention out (keeping the T x T
+    weights, which no GPU kernel keeps); the measurement must not count that path: the same
+    bytes as on one thread, still within the count's tolerance."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    name, b, t, kw, precisions = CASES[case]
+    meas = measure_memory(CONFIGS[name], b, t, precisions[0], **kw)
+    assert meas == measured(case, precisions[0])
+    check_agrees(_estimate(case, precisions[0]), meas)
+
+
 def test_peak_counter_agrees_with_pytorchs_memtracker():
     """PeakBytes against PyTorch's own tracker (torch.distributed._tools.mem_tracker) on the
     same fake step: a second, independent implementation of the counting."""

@@ -28,7 +28,8 @@ until the backward pass reaches it, so the peak is at the start of the backward 
 The count models the eager CUDA kernels the course uses: fused attention (FlashAttention or
 memory-efficient attention: no T x T matrix), a 1-byte mask per dropout site. The fake
 measurement runs the CPU kernels, which match these with dropout 0 (with dropout > 0
-the CPU computes attention explicitly, so the two are compared at dropout 0). Under
+the CPU computes attention explicitly, so the two are compared at dropout 0), with the
+CPU-only written-out attention for short sequences switched off (it keeps the T x T weights). Under
 ``torch.compile`` the peak is lower (fused elementwise kernels save fewer tensors): the
 estimate is then an upper bound.
 """
@@ -379,6 +380,7 @@ def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    import course_lib.attention as A
     import course_lib.embeddings as E
     from course_lib.gpt import GPT
     from course_lib.training.precision import DTYPES
@@ -390,8 +392,10 @@ def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
 
     nbytes = _storage_bytes
 
-    # The embeddings check token ids on the host (int(ids.max())), which fake tensors cannot.
-    with mock.patch.object(E, "_check_ids", lambda ids, vocab_size: None), FakeTensorMode():
+    # The embeddings check token ids on the host (int(ids.max())), which fake tensors cannot;
+    # attention takes the fused kernel (as on a GPU) however many threads this CPU runs.
+    with (mock.patch.object(E, "_check_ids", lambda ids, vocab_size: None),
+          mock.patch.object(A, "CPU_SHORT_ATTENTION", 0), FakeTensorMode()):
         with torch.device("cpu"):
             model = GPT(config) if isinstance(config, GPTConfig) else Transformer(config)
         opt = _make_optimizer(model.parameters(), optimizer)
