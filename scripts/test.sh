@@ -10,5 +10,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 COURSE_DEVICE=cpu
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export PYTHONHASHSEED=0 COURSE_EXPORT_DIR="${COURSE_EXPORT_DIR:-$PWD/exports/test}"
 .venv/bin/ruff check .
+# Notebooks first: pytest-xdist hands out whole files in this order, and the two longest
+# (07 and 08, two to three minutes each) would otherwise start last and run alone.
 .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --nbval-lax \
-  --nbval-current-env tests notebooks "$@"
+  --nbval-current-env notebooks tests "$@"
