@@ -28,7 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.attention import padding_mask
-from course_lib.checkpoint import config_from_dict
+from course_lib.checkpoint import (
+    config_from_dict,
+    heads_problems,
+    integer_problems,
+    number_problems,
+)
 from course_lib.embeddings import LearnedPositionalEmbedding, TokenEmbedding
 from course_lib.transformer import EncoderLayer
 
@@ -52,20 +57,12 @@ class BertConfig:
     pad_id: int = 0
 
     def __post_init__(self):
-        problems = []
-        if self.model_type != "bert":
-            problems.append(f"model_type is {self.model_type!r}, expected 'bert'")
-        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_len", "type_vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name}={value!r} must be an integer >= 1")
-        if not problems and self.d_model % self.n_heads:
-            problems.append(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
-                            "each head gets d_model / n_heads dimensions")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
-        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
-            problems.append(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
+        problems = [] if self.model_type == "bert" else [f"model_type is {self.model_type!r}, expected 'bert'"]
+        problems += integer_problems(self, ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_len",
+                                            "type_vocab_size"))
+        if not problems:
+            problems += heads_problems(self.d_model, self.n_heads)
+        problems += number_problems(self, ["dropout"], 0, 1) + number_problems(self, ["layer_norm_eps"], above=True)
         if not problems and not (isinstance(self.pad_id, int) and 0 <= self.pad_id < self.vocab_size):
             problems.append(f"pad_id={self.pad_id!r} is outside the vocabulary [0, {self.vocab_size})")
         if problems:

@@ -272,6 +272,43 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     }
 
 
+# ---- the checks the configs share (model and training settings) ----------------------------
+# Each returns one message per field that breaks the rule, for the config to join into one error.
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def integer_problems(config, names, minimum: int = 1, optional: bool = False) -> list[str]:
+    """``name=value must be an integer >= minimum`` for each field that is not one
+    (``optional``: None is allowed too)."""
+    bad = [(n, getattr(config, n)) for n in names]
+    return [f"{n}={v!r} must be an integer >= {minimum}" + (" (or None)" if optional else "") for n, v in bad
+            if not (optional and v is None) and (not isinstance(v, int) or isinstance(v, bool) or v < minimum)]
+
+
+def number_problems(config, names, low: float = 0.0, high: float | None = None, above: bool = False,
+                    optional: bool = False) -> list[str]:
+    """``name=value must be in [low, high)`` (or ``> low`` with ``above``, else ``>= low``)
+    for each field that is not such a number (``optional``: None is allowed too)."""
+    rule = f"in [{low:g}, {high:g})" if high is not None else f"{'>' if above else '>='} {low:g}"
+
+    def ok(v) -> bool:
+        return _is_number(v) and (v > low if above else v >= low) and (high is None or v < high)
+
+    return [f"{n}={getattr(config, n)!r} must be {rule}" for n in names
+            if not (optional and getattr(config, n) is None) and not ok(getattr(config, n))]
+
+
+def heads_problems(d_model: int, n_heads: int, aliases: tuple[str, str] = ("", "")) -> list[str]:
+    """d_model must split evenly into n_heads heads (checked once both are integers >= 1);
+    ``aliases`` follow each value (the original course's names, say)."""
+    if d_model % n_heads:
+        return [f"d_model={d_model}{aliases[0]} is not divisible by n_heads={n_heads}{aliases[1]}; "
+                "each head gets d_model / n_heads dimensions"]
+    return []
+
+
 def config_from_dict(cls, d: dict, what: str):
     """``cls(**d)`` for a config dataclass, refusing keys it has no field for: one error
     naming them and the known ones (``what``: "GPT config field", "training setting")."""

@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.attention import KVCache
-from course_lib.checkpoint import config_from_dict
+from course_lib.checkpoint import (
+    config_from_dict,
+    heads_problems,
+    integer_problems,
+    number_problems,
+)
 from course_lib.embeddings import LearnedPositionalEmbedding, TokenEmbedding
 from course_lib.transformer import DecoderLayer
 
@@ -54,24 +59,13 @@ class GPTConfig:
     model_type: str = "gpt"
 
     def __post_init__(self):
-        problems = []
-        if self.model_type != "gpt":
-            problems.append(f"model_type is {self.model_type!r}, expected 'gpt'")
-        for name in ("vocab_size", "block_size", "n_layers", "n_heads", "d_model"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name}={value!r} must be an integer >= 1")
-        if not problems and self.d_model % self.n_heads:
-            problems.append(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
-                            "each head gets d_model / n_heads dimensions")
-        if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
-                and 0.0 <= self.dropout < 1.0):
-            problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
+        problems = [] if self.model_type == "gpt" else [f"model_type is {self.model_type!r}, expected 'gpt'"]
+        problems += integer_problems(self, ("vocab_size", "block_size", "n_layers", "n_heads", "d_model"))
+        if not problems:
+            problems += heads_problems(self.d_model, self.n_heads)
+        problems += number_problems(self, ["dropout"], 0, 1) + number_problems(self, ["layer_norm_eps"], above=True)
         if not isinstance(self.bias, bool):
             problems.append(f"bias={self.bias!r} must be true or false")
-        if not (isinstance(self.layer_norm_eps, (int, float)) and not isinstance(self.layer_norm_eps, bool)
-                and self.layer_norm_eps > 0):
-            problems.append(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
         if problems:
             raise ValueError("invalid GPT config: " + "; ".join(problems) + ".")
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.attention import KVCache, MultiHeadAttention, padding_mask
+from course_lib.checkpoint import heads_problems, integer_problems, number_problems
 from course_lib.embeddings import SinusoidalPositionalEncoding, TokenEmbedding
 
 # The parameter names of the original seq2seq course's JSON config -> ours.
@@ -69,22 +70,16 @@ class TransformerConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
-        problems = []
-        if self.model_type != "transformer":
-            problems.append(f"model_type is {self.model_type!r}, expected 'transformer'")
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                problems.append(f"{name}={value!r} must be an integer >= 1")
-        if self.n_decoder_layers is not None and (not isinstance(self.n_decoder_layers, int) or self.n_decoder_layers < 1):
-            problems.append(f"n_decoder_layers={self.n_decoder_layers!r} must be an integer >= 1 (or None)")
-        if not problems and self.d_model % self.n_heads:
-            problems.append(f"d_model={self.d_model} (model_dim) is not divisible by n_heads={self.n_heads} "
-                            f"(num_heads); each head gets d_model / n_heads dimensions")
+        problems = [] if self.model_type == "transformer" else [
+            f"model_type is {self.model_type!r}, expected 'transformer'"]
+        problems += integer_problems(self, ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_layers",
+                                            "d_ff", "max_len"))
+        problems += integer_problems(self, ["n_decoder_layers"], optional=True)
+        if not problems:  # the original course's names too, for its JSON configs
+            problems += heads_problems(self.d_model, self.n_heads, (" (model_dim)", " (num_heads)"))
         if not problems and self.d_model % 2:
             problems.append(f"d_model={self.d_model} must be even for the sinusoidal positions")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
+        problems += number_problems(self, ["dropout"], 0, 1)
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
         if self.share_embeddings is None and not problems:

@@ -317,6 +317,28 @@ def test_library_refuses_bad_input(w, case):
 
 
 # ------------------------------------------------------------------ environment variables
+def test_the_shared_config_checks_by_brute_force():
+    """integer_problems / number_problems (every config's field checks) against the rule
+    written out, over values at and around each boundary, booleans and None included."""
+    from course_lib.checkpoint import integer_problems, number_problems
+
+    values = [None, True, False, -1, 0, 0.5, 1, 2, 0.0, 1.0, 1e-9, "1", float("nan")]
+    for v in values:
+        c = SimpleNamespace(x=v)
+        is_int = isinstance(v, int) and not isinstance(v, bool)
+        is_num = isinstance(v, (int, float)) and not isinstance(v, bool)
+        for minimum in (0, 1):
+            for optional in (False, True):
+                ok = (optional and v is None) or (is_int and v >= minimum)
+                assert (integer_problems(c, ["x"], minimum, optional) == []) == ok, (v, minimum, optional)
+        for low, high, above, ok in ((0, 1, False, is_num and 0 <= v < 1), (0, None, True, is_num and v > 0),
+                                     (0, None, False, is_num and v >= 0)):
+            got = number_problems(c, ["x"], low, high, above)
+            assert (got == []) == ok, (v, low, high, above, got)
+    assert number_problems(SimpleNamespace(x=None), ["x"], optional=True) == []
+    assert integer_problems(SimpleNamespace(n=0), ["n"]) == ["n=0 must be an integer >= 1"]
+
+
 def test_course_device_without_gpu_names_the_variable(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

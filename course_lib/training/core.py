@@ -27,6 +27,8 @@ from course_lib.checkpoint import (
     CHECKPOINT,
     check_config,
     config_from_dict,
+    integer_problems,
+    number_problems,
     read_metadata,
     resolve_checkpoint,
 )
@@ -69,17 +71,10 @@ class TrainConfig:
     progress: bool = setting(True, "show a progress bar")
 
     def __post_init__(self):
-        problems = []
-        for name in ("batch_size", "grad_accum", "warmup", "eval_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "warmup" else 1):
-                problems.append(f"{name}={value!r} must be an integer >= {0 if name == 'warmup' else 1}")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
-            problems.append(f"steps={self.steps!r} must be an integer >= 1")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            problems.append(f"lr={self.lr!r} must be > 0")
-        if not (isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0):
-            problems.append(f"grad_clip={self.grad_clip!r} must be >= 0 (0 switches clipping off)")
+        problems = integer_problems(self, ("batch_size", "grad_accum", "eval_every"))
+        problems += integer_problems(self, ["warmup"], minimum=0) + integer_problems(self, ["steps"], optional=True)
+        problems += number_problems(self, ["lr"], above=True, optional=True)
+        problems += [p + " (0 switches clipping off)" for p in number_problems(self, ["grad_clip"])]
         if self.precision not in PRECISIONS:
             problems.append(f"precision={self.precision!r} must be one of {PRECISIONS}")
         if isinstance(self.batch_size, int) and isinstance(self.grad_accum, int) and \

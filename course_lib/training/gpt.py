@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from course_lib import scaleout as D
+from course_lib.checkpoint import integer_problems, number_problems
 from course_lib.env import get_device
 from course_lib.gpt import GPT, PRESETS, GPTConfig
 from course_lib.training.core import (
@@ -66,21 +67,11 @@ class GPTTrainConfig(TrainConfig):
     target_loss: float | None = setting(None, "stop once the validation loss is at or below this")
 
     def check(self) -> list[str]:
-        if not isinstance(self.steps, int) or self.steps < 1:
-            return [f"steps={self.steps!r} must be an integer >= 1"]
-        problems = []
-        if not isinstance(self.eval_batches, int) or self.eval_batches < 1:
-            problems.append(f"eval_batches={self.eval_batches!r} must be an integer >= 1")
-        if self.max_chars is not None and (not isinstance(self.max_chars, int) or self.max_chars < 1):
-            problems.append(f"max_chars={self.max_chars!r} must be an integer >= 1")
-        if self.min_lr is not None and not (isinstance(self.min_lr, (int, float)) and self.min_lr >= 0):
-            problems.append(f"min_lr={self.min_lr!r} must be >= 0")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            problems.append(f"weight_decay={self.weight_decay!r} must be >= 0")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 <= value < 1):
-                problems.append(f"{name}={value!r} must be in [0, 1)")
+        if self.steps is None:
+            return ["steps=None must be an integer >= 1"]
+        problems = integer_problems(self, ["eval_batches"]) + integer_problems(self, ["max_chars"], optional=True)
+        problems += number_problems(self, ["min_lr"], optional=True) + number_problems(self, ["weight_decay"])
+        problems += number_problems(self, ("beta1", "beta2"), 0, 1)
         if self.tokenizer not in (None, "char", "gpt2"):
             problems.append(f"tokenizer={self.tokenizer!r} must be 'char' or 'gpt2'")
         return problems

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import scaleout as D
-from course_lib.checkpoint import read_metadata
+from course_lib.checkpoint import integer_problems, number_problems, read_metadata
 from course_lib.env import get_device
 from course_lib.tokenizer import SPECIALS, BPETokenizer, WordTokenizer, special_ids
 from course_lib.training.core import (
@@ -94,19 +94,12 @@ class TranslationTrainConfig(TrainConfig):
     eval_alpha: float = setting(0.6, "length penalty of the final beam search (6.1)")
 
     def check(self) -> list[str]:
-        problems = [f"{name}={getattr(self, name)!r} must be an integer >= 1"
-                    for name in ("n_train", "n_valid", "epochs", "bpe_vocab_size")
-                    if not isinstance(getattr(self, name), int) or getattr(self, name) < 1]
+        problems = integer_problems(self, ("n_train", "n_valid", "epochs", "bpe_vocab_size", "eval_beam"))
+        problems += integer_problems(self, ["average_last"], minimum=0)
         if self.schedule not in ("noam", "linear"):
             problems.append(f"schedule={self.schedule!r} must be 'noam' or 'linear'")
-        if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float)) and self.max_minutes > 0):
-            problems.append(f"max_minutes={self.max_minutes!r} must be > 0")
-        for name in ("average_last", "eval_beam"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < (1 if name == "eval_beam" else 0):
-                problems.append(f"{name}={getattr(self, name)!r} must be an integer >= {int(name == 'eval_beam')}")
-        if not (isinstance(self.label_smoothing, (int, float)) and 0.0 <= self.label_smoothing < 1.0):
-            problems.append(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
-        return problems
+        problems += number_problems(self, ["max_minutes"], above=True, optional=True)
+        return problems + number_problems(self, ["label_smoothing"], 0, 1)
 
 
 def load_config(source: str | Path | dict) -> tuple[dict, dict]:
