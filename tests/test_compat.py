@@ -48,8 +48,9 @@ _FALLBACK_SCRIPT = textwrap.dedent(
     saved = [(mod, name, getattr(mod, name)) for mod, name in hidden if hasattr(mod, name)]
     for mod, name, _ in saved:
         delattr(mod, name)
-    try:
+    try:  # FSDP and DTensor are imported on first use
         from course_lib.scaleout import distributed as D
+        D.fully_shard
     finally:
         for mod, name, value in saved:
             setattr(mod, name, value)

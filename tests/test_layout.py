@@ -46,6 +46,20 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
     assert done.stdout.strip() == "all imported", done.stdout
 
 
+def test_commands_and_training_start_without_torchs_fsdp_imports():
+    """FSDP, DTensor and torch.distributed.checkpoint (0.7 s of imports) load only when a run
+    uses them: the commands, both trainers and the scale-out modules leave them out."""
+    code = ("import sys, course_lib.cli, course_lib.training.gpt, course_lib.training.translation, "
+            "course_lib.scaleout.checkpoint, course_lib.scaleout.rank_memory\n"
+            "heavy = ('torch.distributed.fsdp', 'torch.distributed.tensor', 'torch.distributed.checkpoint')\n"
+            "print(sorted(m for m in sys.modules if m.startswith(heavy)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout
+    from course_lib.scaleout import distributed as D  # and on first use they are there
+    assert D.fully_shard.__name__ == "fully_shard" and D.fsdp_isinstance(D.DTensor.from_local, "DTensor") is False
+
+
 def test_a_cycle_would_be_caught(tmp_path):
     """The check above can fail: two modules that import each other are reported."""
     pkg = tmp_path / "cyc"

@@ -18,19 +18,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from course_lib.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from course_lib.scaleout.distributed import DistContext, DTensor, barrier, current, unwrap
+from course_lib.scaleout.distributed import DistContext, barrier, current, fsdp_isinstance, unwrap
 
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-_BROADCAST = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+
+def _dcp():
+    """torch.distributed.checkpoint's state-dict functions, imported when a process group
+    needs them (like FSDP, 0.7 s of imports that one process never needs)."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
+
+
+def _options(**kw):
+    return _dcp().StateDictOptions(full_state_dict=True, **kw)
 
 
 class _StateDict:
@@ -83,22 +85,22 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None)
     """
     if not dist.is_initialized():
         return unwrap(model).state_dict(), optimizer and optimizer.state_dict()
-    model_sd = get_model_state_dict(model, options=_FULL)
+    model_sd = _dcp().get_model_state_dict(model, options=_options(cpu_offload=True))
     optim_sd = None
     if optimizer is not None:
-        optim_sd = get_optimizer_state_dict(model, optimizer, options=_FULL)
+        optim_sd = _dcp().get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
         optim_sd = _index_keyed(optim_sd) if optim_sd else {}
     return model_sd, optim_sd
 
 
 def _sharded(model: nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return any(fsdp_isinstance(p, "DTensor") for p in model.parameters())
 
 
 def load_model_state(model: nn.Module, state_dict: dict) -> None:
     """Load a full state dict, present on every rank, into a plain, DDP or FSDP model."""
     if _sharded(model):  # each rank keeps its own shard of every tensor
-        set_model_state_dict(model, state_dict, options=StateDictOptions(full_state_dict=True))
+        _dcp().set_model_state_dict(model, state_dict, options=_options())
     else:
         unwrap(model).load_state_dict(state_dict)
 
@@ -107,8 +109,7 @@ def load_optimizer_state(model: nn.Module, optimizer, state_dict: dict) -> None:
     """Load an index-keyed optimizer state (``load_checkpoint(...)["optimizer"]``) on every rank."""
     if _sharded(model):
         named = _name_keyed(state_dict, _param_names(model, optimizer))
-        options = StateDictOptions(full_state_dict=True)
-        set_optimizer_state_dict(model, optimizer, named, options=options)
+        _dcp().set_optimizer_state_dict(model, optimizer, named, options=_options())
     else:
         optimizer.load_state_dict(state_dict)
 
@@ -153,11 +154,11 @@ def load(path, model: nn.Module, optimizer=None, ctx: DistContext | None = None)
         if optimizer is not None and ckpt["optimizer"] is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
     else:
-        set_model_state_dict(model, ckpt.get("model", {}), options=_BROADCAST)
+        _dcp().set_model_state_dict(model, ckpt.get("model", {}), options=_options(broadcast_from_rank0=True))
         if optimizer is not None:
             osd = ckpt.get("optimizer") or {}
             osd = _name_keyed(osd, _param_names(model, optimizer)) if osd else {}
-            set_optimizer_state_dict(model, optimizer, osd, options=_BROADCAST)
+            _dcp().set_optimizer_state_dict(model, optimizer, osd, options=_options(broadcast_from_rank0=True))
         box = [{k: ckpt.get(k) for k in ("config", "train_state", "rng")}]
         dist.broadcast_object_list(box, src=0)
         ckpt = {**ckpt, **box[0]}

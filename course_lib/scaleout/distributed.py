@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import functools
 import os
 import sys
 import warnings
@@ -36,18 +37,40 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from course_lib.env import get_device
 
-try:  # torch >= 2.6
-    from torch.distributed.fsdp import FSDPModule, fully_shard
-except ImportError:  # torch 2.4 / 2.5
-    from torch.distributed._composable.fsdp import FSDPModule, fully_shard
-try:  # torch >= 2.5
-    from torch.distributed.tensor import DTensor
-except ImportError:  # torch 2.4
-    from torch.distributed._tensor import DTensor
-from torch.nn.parallel import DistributedDataParallel as DDP
+# FSDP2 (``fully_shard``, ``FSDPModule``) and ``DTensor`` are imported on first use: 0.7 s
+# of imports that a run on one process never needs, so every command and notebook starts
+# sooner. Nothing can be an FSDPModule or a DTensor before torch has imported them.
+_FSDP_NAMES = ("fully_shard", "FSDPModule", "DTensor")
+
+
+@functools.cache
+def _fsdp_api() -> dict:
+    try:  # torch >= 2.6
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+    except ImportError:  # torch 2.4 / 2.5
+        from torch.distributed._composable.fsdp import FSDPModule, fully_shard
+    try:  # torch >= 2.5
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch 2.4
+        from torch.distributed._tensor import DTensor
+    return {"fully_shard": fully_shard, "FSDPModule": FSDPModule, "DTensor": DTensor}
+
+
+def __getattr__(name: str):  # D.fully_shard, D.FSDPModule, D.DTensor (PEP 562)
+    if name in _FSDP_NAMES:
+        return _fsdp_api()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def fsdp_isinstance(obj, name: str) -> bool:
+    """``isinstance(obj, D.DTensor)`` (``name``: or ``"FSDPModule"``), without importing FSDP to find out."""
+    loaded = any(m in sys.modules for m in ("torch.distributed.tensor", "torch.distributed._tensor"))
+    return loaded and isinstance(obj, _fsdp_api()[name])
+
 
 STRATEGIES = ("ddp", "fsdp")
 MIN_PARAMS_PER_RANK = 1024  # below this, sharding costs more in messages than it saves
@@ -277,6 +300,7 @@ def wrap_model(
     # FSDP warns whenever a wrapped module returns a view (any nn.Linear on a 3-D input
     # does); it matters only for in-place ops on that output, which the course never does.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    fully_shard = _fsdp_api()["fully_shard"]
     for block in blocks:
         fully_shard(block)
     fully_shard(model)
@@ -309,7 +333,7 @@ def sync_gradients(model: nn.Module, sync: bool = True):
     the final micro-step's backward (``sync=True``) averages the sum across ranks.
     """
     model = getattr(model, "_orig_mod", model)  # the module inside torch.compile
-    if sync or not isinstance(model, (DDP, FSDPModule)):
+    if sync or not (isinstance(model, DDP) or fsdp_isinstance(model, "FSDPModule")):
         yield
     elif isinstance(model, DDP):
         with model.no_sync():
@@ -329,7 +353,7 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     are DTensor shards and ``clip_grad_norm_`` reduces their norms across ranks.
     """
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    if isinstance(norm, DTensor):
+    if fsdp_isinstance(norm, "DTensor"):
         norm = norm.full_tensor()
     return float(norm)
 

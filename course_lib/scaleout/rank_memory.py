@@ -14,11 +14,10 @@ from torch import nn
 
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.scaleout import distributed as D
-from course_lib.scaleout.distributed import DTensor
 
 
 def _local_bytes(t: torch.Tensor) -> int:
-    t = t.to_local() if isinstance(t, DTensor) else t
+    t = t.to_local() if D.fsdp_isinstance(t, "DTensor") else t
     return t.numel() * t.element_size()
 
 
