@@ -282,8 +282,8 @@ def _is_number(value) -> bool:
 def integer_problems(config, names, minimum: int = 1, optional: bool = False) -> list[str]:
     """``name=value must be an integer >= minimum`` for each field that is not one
     (``optional``: None is allowed too)."""
-    bad = [(n, getattr(config, n)) for n in names]
-    return [f"{n}={v!r} must be an integer >= {minimum}" + (" (or None)" if optional else "") for n, v in bad
+    values = [(n, getattr(config, n)) for n in names]
+    return [f"{n}={v!r} must be an integer >= {minimum}" for n, v in values
             if not (optional and v is None) and (not isinstance(v, int) or isinstance(v, bool) or v < minimum)]
 
 

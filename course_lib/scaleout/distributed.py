@@ -361,5 +361,5 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
 __all__ = [
     "DistContext", "setup", "current", "cleanup", "barrier", "rank_slice", "shard",
     "check_batches", "rank_part", "average", "find_blocks", "wrap_model",
-    "unwrap", "sync_gradients", "clip_grad_norm",
+    "unwrap", "sync_gradients", "clip_grad_norm", "fsdp_isinstance",
 ]  # fmt: skip
