@@ -94,7 +94,7 @@ def train_steps(steps: int) -> int:
     """A notebook's number of training steps: ``steps``, or ``$COURSE_STEPS`` when set.
 
     For quick runs of the whole notebook where the trained model's quality does not matter
-    (the real-browser test runs notebook 07 with ``COURSE_STEPS=600``); unset, it changes nothing.
+    (the real-browser test runs notebook 07 with ``COURSE_STEPS=200``); unset, it changes nothing.
     """
     value = os.environ.get("COURSE_STEPS", "").strip()
     if not value:

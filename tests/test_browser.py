@@ -2,8 +2,8 @@
 driven by Playwright in Debian's Chromium.
 
 For notebooks 05 (masking) and 07 (the encoder-decoder, at its CPU scale, trained for
-600 steps instead of 3,000 through ``COURSE_STEPS``; ``COURSE_BROWSER_STEPS=full`` runs it
-as is, about 80 s more on two quiet cores) the test opens a
+200 steps instead of 3,000 through ``COURSE_STEPS``; ``COURSE_BROWSER_STEPS=full`` runs it
+as is, about 110 s more on two quiet cores) the test opens a
 copy of the notebook (outputs cleared, so everything seen comes from this run), clicks
 Kernel > Restart Kernel and Run All Cells, waits until every code cell has run and the
 kernel is idle, and then checks what a learner sees:
@@ -64,7 +64,7 @@ except ImportError:
     _missing("jupyterlab or ipywidgets is not installed (pip install -r requirements.txt)")
 
 TOKEN = "course-browser-test"
-BROWSER_STEPS = os.environ.get("COURSE_BROWSER_STEPS", "600")  # notebook 07's training steps here
+BROWSER_STEPS = os.environ.get("COURSE_BROWSER_STEPS", "200")  # notebook 07's training steps here
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 CHROMIUM_ARGS = ["--disable-background-networking", "--disable-component-update", "--no-first-run",
                  "--disable-sync", "--disable-gpu", "--disable-dev-shm-usage"]
