@@ -103,6 +103,20 @@ def test_stdlib_corpus_is_readable_text():
     assert len(text) == 20_000 and "json" in text and text.isascii()
 
 
+def test_stdlib_corpus_is_the_same_text_in_every_process():
+    """The offline corpus must not depend on the process: signatures once carried memory
+    addresses (``copy_function=<function copy2 at 0x7f...>``), so every run trained on a
+    slightly different text and no loss was reproducible. Another process, the same text."""
+    import hashlib
+    import re
+
+    text = stdlib_docs()
+    assert not re.search(r" at 0x[0-9a-f]+", text)
+    code = "import hashlib; from course_lib.data import stdlib_docs; print(hashlib.sha256(stdlib_docs().encode()).hexdigest())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.stdout.strip() == hashlib.sha256(text.encode()).hexdigest(), done.stderr[-1000:]
+
+
 def test_command_line_trains_resumes_and_samples(tmp_path):
     env = {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "COURSE_DEVICE": "cpu",
            "PATH": "/usr/bin:/bin"}

@@ -27,6 +27,20 @@ def _clean(text: str) -> str:
     return "".join(c if c in _ALLOWED else "?" for c in text)
 
 
+class _Elided:
+    def __repr__(self) -> str:
+        return "..."
+
+
+def _signature(obj) -> str:
+    """``name(signature)`` text that is the same in every process: a default whose repr holds a
+    memory address (``<function copy2 at 0x7f...>``, logging's live list of handlers) is ``...``."""
+    sig = inspect.signature(obj)
+    params = [p.replace(default=_Elided()) if p.default is not p.empty and " at 0x" in repr(p.default) else p
+              for p in sig.parameters.values()]
+    return str(sig.replace(parameters=params))
+
+
 def stdlib_docs(n_chars: int | None = None, modules=STDLIB_MODULES) -> str:
     """Docstrings of standard-library modules, their classes and functions, in a fixed order.
 
@@ -52,7 +66,7 @@ def stdlib_docs(n_chars: int | None = None, modules=STDLIB_MODULES) -> str:
             if not doc or len(doc) < 40:
                 continue
             try:
-                sig = str(inspect.signature(obj))
+                sig = _signature(obj)
             except (TypeError, ValueError):
                 sig = "(...)"
             parts.append(f"{mod_name}.{name}{sig}\n\n{doc}\n")
