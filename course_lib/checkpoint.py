@@ -296,8 +296,8 @@ def number_problems(config, names, low: float = 0.0, high: float | None = None, 
     def ok(v) -> bool:
         return _is_number(v) and (v > low if above else v >= low) and (high is None or v < high)
 
-    return [f"{n}={getattr(config, n)!r} must be {rule}" for n in names
-            if not (optional and getattr(config, n) is None) and not ok(getattr(config, n))]
+    values = [(n, getattr(config, n)) for n in names]
+    return [f"{n}={v!r} must be {rule}" for n, v in values if not (optional and v is None) and not ok(v)]
 
 
 def heads_problems(d_model: int, n_heads: int, aliases: tuple[str, str] = ("", "")) -> list[str]:
