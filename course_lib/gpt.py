@@ -85,11 +85,6 @@ class GPTConfig:
         return asdict(self)
 
 
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
 class GPT(nn.Module):
     """Token + position embeddings -> ``n_layers`` pre-norm decoder layers without
     cross-attention (``course_lib.transformer.DecoderLayer``: causal self-attention, then
@@ -167,8 +162,7 @@ class GPT(nn.Module):
                 f"{start + idx.shape[1]} positions exceed the context of {self.config.block_size}; "
                 "crop the input to the last block_size tokens (generate() does this)."
             )
-        # The embedding's id check reads the ids on the host: skip it inside torch.compile.
-        x = F.embedding(idx, self.tok_embed.weight) if _is_compiling() else self.tok_embed(idx)
+        x = self.tok_embed(idx)
         x = self.pos_embed(x, start=start)
         for i, layer in enumerate(self.layers):
             x = layer(x, cache=caches[i] if caches else None)

@@ -80,6 +80,16 @@ def test_token_ids_out_of_vocabulary_or_not_integers_are_named():
         emb(torch.tensor([[1.0, 2.0]]))
 
 
+def test_token_embedding_compiles_to_one_graph_off_the_cpu():
+    """Off the CPU the id check reads the ids on the host; inside torch.compile that split the
+    graph at every embedding (seen on an H200: the compiled Transformer broke its graph there).
+    Meta tensors stand in for a GPU: not the CPU, and no GPU needed."""
+    emb = TokenEmbedding(10, 4).to("meta")
+    ids = torch.zeros(2, 3, dtype=torch.long, device="meta")
+    out = torch.compile(emb, backend="eager", fullgraph=True)(ids)
+    assert out.shape == (2, 3, 4) and out.device.type == "meta"
+
+
 # ------------------------------------------------------------ sinusoidal encoding
 
 
