@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
 
-NAMES = ["memory", "bench", "fsdp", "multi30k", "nb07", "nb08"]
+NAMES = ["memory", "bench", "train", "fsdp", "shakespeare", "multi30k", "nb07", "nb08"]
 
 
 def _run(*args, timeout=120):
@@ -90,7 +90,8 @@ def test_figures_from_bench_output(tmp_path, monkeypatch):
     fig = gpu_check.figures(_check("bench"), {"output": BENCH_OUTPUT})
     assert fig["naive_tokens_per_s"] == 970 and fig["course_tokens_per_s"] == 1102
     assert fig["reference_tokens_per_s"] == 1210
-    assert fig["course_speedup"] == 1.14 and fig["peak"] == 3 * 2**30 and fig["estimate"] > 2**30
+    assert fig["course_speedup"] == 1.14 and fig["peak"] == 3 * 2**30
+    assert "estimate" not in fig  # the peak is the whole process's: three models and their optimizers
     assert "course 1,102 tokens/s" in gpu_check._result_text("bench", fig, True, 0)
 
 
