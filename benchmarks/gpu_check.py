@@ -27,10 +27,16 @@ the runs' checkpoints (about 1 GB for gpt2-124m); ``--render`` rewrites the tabl
 What the GPU machine needs (it may have no internet and no Jupyter packages): a CUDA build
 of torch >= 2.4 and the course's runtime packages; for the notebooks nbclient, nbformat and
 ipykernel. Whatever is missing is installed from wheels in ``.whl/`` if that folder exists
-(``pip install --no-index --find-links .whl ...``); make it on a machine with the same
-Python and internet with
+(``pip install --no-index --find-links .whl ...``). Make it where pip has an index, for the GPU
+machine's Python (3.12 here; 17 MB for the three notebook packages and their needs):
 
-    pip download -d .whl nbclient nbformat ipykernel sacrebleu tiktoken safetensors pandas matplotlib
+    pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any \
+        -d .whl nbclient nbformat ipykernel
+
+On a 15-minute lease (one H200, 2026-11-29) ``--only bench``, ``memory`` and ``fsdp`` took 5.5
+minutes in one call, ``train`` 1 and ``shakespeare`` (5,000 steps) 2; the first call's start
+about 1. ``multi30k``, ``nb07`` and ``nb08`` need a second lease.
 
 The data (tiny Shakespeare, Multi30k) is read from ``.devdata/`` (git-ignored), copied there
 from ``../shared/data`` when that exists: ``.devdata/tinyshakespeare/input.txt`` and

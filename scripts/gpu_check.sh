@@ -6,8 +6,8 @@
 #   bash scripts/gpu_check.sh --only memory,bench,fsdp
 #
 # Before going to a GPU machine without internet, carry (both folders are git-ignored):
-#   .whl/      wheels of what that machine's Python lacks, e.g. (same Python version, with internet):
-#              pip download -d .whl nbclient nbformat ipykernel sacrebleu tiktoken safetensors pandas matplotlib
+#   .whl/      wheels of what that machine's Python lacks (for Jupyter: nbclient nbformat ipykernel);
+#              the pip download command for another Python version is in benchmarks/gpu_check.py
 #   .devdata/  the data: cp -r ../shared/data/tinyshakespeare ../shared/data/multi30k .devdata/
 #              (the script copies it itself when ../shared/data is there)
 # PYTHON=... picks the interpreter (default: .venv/bin/python if there is one, else python3);
