@@ -15,10 +15,9 @@ from course_lib.bert import (
     mlm_loss,
 )
 
-transformers = pytest.importorskip("transformers")
-
 
 def _hf_model(seed=0, **kw):
+    transformers = pytest.importorskip("transformers")  # here, not at import: collecting stays fast
     cfg = transformers.BertConfig(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=48, max_position_embeddings=24, type_vocab_size=2,
                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0, **kw)

@@ -15,7 +15,9 @@ from course_lib.lora import (
     optimizer_state_bytes,
 )
 
-peft = pytest.importorskip("peft")
+
+def _peft():
+    return pytest.importorskip("peft")  # here, not at import: collecting the tests stays fast
 
 
 def _gpt(seed=0):
@@ -25,6 +27,7 @@ def _gpt(seed=0):
 
 def _pair(r=4, alpha=8.0, targets=("w_q", "w_v")):
     ours = add_lora(_gpt(), targets, r=r, alpha=alpha)
+    peft = _peft()
     theirs = peft.inject_adapter_in_model(
         peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets)), _gpt())
     g = torch.Generator().manual_seed(1)
@@ -63,6 +66,7 @@ def test_initialisation_matches_peft_and_starts_at_the_base_model():
     ours = LoRALinear(copy.deepcopy(base), r=4, alpha=8)
     layer = nn.Sequential(copy.deepcopy(base))
     torch.manual_seed(6)
+    peft = _peft()
     theirs = peft.inject_adapter_in_model(peft.LoraConfig(r=4, lora_alpha=8, target_modules=["0"]), layer)[0]
     # the same initialisation rule: A uniform in +-1/sqrt(in) (kaiming, a=sqrt(5)), B zero
     for a in (ours.lora_A, theirs.lora_A["default"].weight):
