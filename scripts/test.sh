@@ -9,6 +9,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 COURSE_DEVICE=cpu
 # at once oversubscribe the cores and run several times slower (measured: 6.7 vs 3.6 min).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export PYTHONHASHSEED=0 COURSE_EXPORT_DIR="${COURSE_EXPORT_DIR:-$PWD/exports/test}"
+# Keep the bytecode Python compiles on first import (setup.sh compiles nothing ahead); where it
+# may not write it, every test process and notebook kernel compiles torch's modules again.
+unset PYTHONDONTWRITEBYTECODE
 .venv/bin/ruff check .
 # Notebooks first: pytest-xdist hands out whole files in this order, and the two longest
 # (07 and 08, two to three minutes each) would otherwise start last and run alone.
