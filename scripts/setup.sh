@@ -16,7 +16,9 @@ quiet_pip() { .venv/bin/python -m pip "$@" 2> >(grep -v "is ignored: it is neith
 # uv installs the same packages as pip about ten times faster (requirements-dev.txt into a
 # fresh venv on 2 cores: 9 s against 100 s). It does not read pip's configuration, so the
 # indexes, local wheels and constraints that pip is configured with (on the course's machines,
-# the local CPU wheel of torch) are handed to it. Where uv cannot be had or fails, pip does it.
+# the local CPU wheel of torch) are handed to it, and it picks the newest release across all
+# of them, as pip does (its default stops at the first index that has a package: an older
+# ruff, here). Checked: the same 157 packages and versions as pip. Where uv fails, pip does it.
 uv_install() {
   quiet_pip install -q --disable-pip-version-check uv >/dev/null || return 1
   local args=() key value v
@@ -30,7 +32,8 @@ uv_install() {
       *.cert) export SSL_CERT_FILE="${SSL_CERT_FILE:-$value}" ;;
     esac
   done < <(.venv/bin/python -m pip config list 2>/dev/null)
-  .venv/bin/uv pip install -q --python .venv/bin/python "${args[@]}" -r "$1" -e .
+  .venv/bin/uv pip install -q --python .venv/bin/python --index-strategy unsafe-best-match "${args[@]}" \
+    -r "$1" -e .
 }
 
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$hash" ]; then
