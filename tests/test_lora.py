@@ -60,13 +60,13 @@ def test_same_outputs_and_gradients_as_peft():
 
 
 def test_initialisation_matches_peft_and_starts_at_the_base_model():
+    peft = _peft()  # imported before the seeds below
     torch.manual_seed(5)
     base = nn.Linear(32, 24)
     torch.manual_seed(6)
     ours = LoRALinear(copy.deepcopy(base), r=4, alpha=8)
     layer = nn.Sequential(copy.deepcopy(base))
     torch.manual_seed(6)
-    peft = _peft()
     theirs = peft.inject_adapter_in_model(peft.LoraConfig(r=4, lora_alpha=8, target_modules=["0"]), layer)[0]
     # the same initialisation rule: A uniform in +-1/sqrt(in) (kaiming, a=sqrt(5)), B zero
     for a in (ours.lora_A, theirs.lora_A["default"].weight):
