@@ -32,8 +32,9 @@ uv_install() {
       *.cert) export SSL_CERT_FILE="${SSL_CERT_FILE:-$value}" ;;
     esac
   done < <(.venv/bin/python -m pip config list 2>/dev/null)
-  .venv/bin/uv pip install -q --python .venv/bin/python --index-strategy unsafe-best-match "${args[@]}" \
-    -r "$1" -e .
+  # ${args[@]+...}: an empty array is an unset variable to macOS's bash 3.2 under set -u
+  .venv/bin/uv pip install -q --python .venv/bin/python --index-strategy unsafe-best-match \
+    ${args[@]+"${args[@]}"} -r "$1" -e .
 }
 
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$hash" ]; then
