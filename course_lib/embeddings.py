@@ -27,18 +27,13 @@ def _check_ids(ids: torch.Tensor, vocab_size: int) -> None:
         )
 
 
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
 def embed(ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None = None) -> torch.Tensor:
     """``F.embedding`` with a clear error for an id outside the vocabulary. On the CPU the
     lookup itself refuses such an id, so the ids are only read (two reductions and a wait)
     when it has: the check costs nothing on the hot path. On GPUs a bad id is a device-side
     assert, so there they are checked first, except inside ``torch.compile``, where reading
     ids on the host would split the compiled graph in two at every embedding."""
-    if _is_compiling():
+    if torch.compiler.is_compiling():  # torch >= 2.3
         return nn.functional.embedding(ids, weight, padding_idx)
     if ids.device.type != "cpu":
         _check_ids(ids, weight.shape[0])
