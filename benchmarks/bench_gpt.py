@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -132,10 +133,10 @@ class Trainer:
         return clock() - start
 
 
-def interleaved_speeds(trainers: dict, tokens, block, batch, steps, rounds, warmup,
-                       clock=time.perf_counter) -> dict[str, float]:
-    """tokens/s of each trainer: the median of ``rounds`` rounds, each running every
-    trainer for ``steps`` steps in turn (in a rotating order), after ``warmup`` steps each."""
+def interleaved_times(trainers: dict, tokens, block, steps, rounds, warmup,
+                      clock=time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per round of each trainer: ``rounds`` rounds, each running every trainer for
+    ``steps`` steps in turn (in a rotating order), after ``warmup`` steps each."""
     for t in trainers.values():
         t.run(tokens, block, 0, warmup)
     times = {name: [] for name in trainers}
@@ -143,7 +144,15 @@ def interleaved_speeds(trainers: dict, tokens, block, batch, steps, rounds, warm
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:  # each goes first in turn
             times[name].append(trainers[name].run(tokens, block, warmup + r * steps, steps, clock))
-    return {name: steps * batch * block / sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+    return times
+
+
+def paired_ratios(times: dict[str, list[float]], name: str, other: str) -> tuple[float, float, float]:
+    """``name``'s speed over ``other``'s within each round (same minute, same machine load):
+    the first quartile, median and third quartile over the rounds."""
+    ratios = [t_other / t for t, t_other in zip(times[name], times[other])]
+    q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return q1, median, q3
 
 
 def gen_speed(model, device, prompt_len, new, use_cache) -> float:
@@ -221,7 +230,8 @@ def main(argv=None) -> int:
     steps, rounds = args.steps or (20 if cuda else 10), args.rounds
     # --clock cpu: the process's CPU time, which other programs on a shared machine barely change
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    speeds = interleaved_speeds(trainers, tokens, block, batch, steps, rounds, warmup=10 if cuda else 3, clock=clock)
+    times = interleaved_times(trainers, tokens, block, steps, rounds, warmup=10 if cuda else 3, clock=clock)
+    speeds = {name: steps * batch * block / statistics.median(ts) for name, ts in times.items()}
     model = trainers["course"].model
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if cuda and k in torch.cuda.get_device_name(device)), None)
     fpt = model.flops_per_token()
@@ -236,6 +246,11 @@ def main(argv=None) -> int:
     for name, tps in speeds.items():
         mfu = f"{100 * fpt * tps / peak:.1f}%" if peak else "n/a (CPU)" if not cuda else "n/a"
         print(f"| {labels[name]} | {tps:,.0f} | {tps / speeds['naive']:.2f}x | {tps / speeds['reference']:.2f}x | {mfu} |")
+    # the ratios above divide medians; within one round the models share the machine's state,
+    # so the spread of the per-round ratios shows how far a single figure can be trusted
+    spread = {other: paired_ratios(times, "course", other) for other in ("naive", "reference")}
+    print("course per round: " + "; ".join(
+        f"vs {other} median {m:.2f}x, middle half {q1:.2f}-{q3:.2f}x" for other, (q1, m, q3) in spread.items()))
     model.eval()
     prompt_len, new = 16, min(256, block - 16)
     print(f"\n| generation ({prompt_len}-token prompt, {new} new tokens, batch 1) | tokens/s |")

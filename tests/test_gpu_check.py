@@ -80,6 +80,20 @@ def test_the_bench_table_format_is_the_one_bench_gpt_prints():
     assert '"course": "course_lib.gpt"' in source and '"naive": "naive: hand-written attention"' in source
 
 
+def test_paired_ratios_compare_models_within_each_round():
+    """A machine that slows down during the run (every round slower than the last) leaves the
+    per-round ratio alone: the course at 1.1x the reference's speed reads 1.1x in every quartile."""
+    import bench_gpt
+
+    drift = [1.0, 1.3, 2.0, 2.5, 4.0]
+    times = {"course": [d * 1.0 for d in drift], "reference": [d * 1.1 for d in drift]}
+    assert bench_gpt.paired_ratios(times, "course", "reference") == pytest.approx((1.1, 1.1, 1.1))
+    assert bench_gpt.paired_ratios(times, "reference", "course") == pytest.approx((1 / 1.1,) * 3)
+    times["course"][0] = 2.2  # one slow round moves the lower quartile, not the median
+    q1, median, q3 = bench_gpt.paired_ratios(times, "course", "reference")
+    assert q1 < 1.0 and median == pytest.approx(1.1) and q3 == pytest.approx(1.1)
+
+
 def _check(name):
     return next(c for c in gpu_check.checks() if c.name == name)
 
