@@ -89,6 +89,13 @@ class Check:
 
 def checks() -> list[Check]:
     d = str(DATA)
+
+    def train_gpt(name: str, *flags: str) -> list[str]:
+        """``train gpt`` on tiny Shakespeare's characters, into runs/<name>, with ``flags``."""
+        return [PEAK, str(OUT / f"{name}.peak.json"), "-m", "course_lib", "train", "gpt", "--tokenizer", "char",
+                "--data", f"{d}/tinyshakespeare", *flags, "--no-progress", "--out", str(RUNS / name)]
+
+    shakespeare = ["tinyshakespeare/input.txt"]
     return [
         Check("memory", "memory estimate vs torch.cuda.max_memory_allocated (gpt2-124m, base Transformer; "
               "eager and compiled)",
@@ -99,26 +106,20 @@ def checks() -> list[Check]:
                "--preset", "gpt2-124m", "--rounds", "3"], timeout_s=480),
         Check("train", "the training command on gpt2-124m (character vocabulary, micro-batch 32, compiled, "
               "200 steps): tokens/s of the course's own loop after compilation",
-              [PY, PEAK, str(OUT / "train.peak.json"), "-m", "course_lib", "train", "gpt", "--preset", "gpt2-124m",
-               "--tokenizer", "char", "--data", f"{d}/tinyshakespeare", "--steps", "200", "--batch-size", "32",
-               "--eval-every", "50", "--eval-batches", "4", "--warmup", "20", "--compile", "--no-progress",
-               "--out", str(RUNS / "train")],
-              timeout_s=300, needs_data=["tinyshakespeare/input.txt"]),
+              [PY, *train_gpt("train", "--preset", "gpt2-124m", "--steps", "200", "--batch-size", "32",
+                              "--eval-every", "50", "--eval-batches", "4", "--warmup", "20", "--compile")],
+              timeout_s=300, needs_data=shakespeare),
         Check("fsdp", "torch.compile + FSDP on one GPU (torchrun --nproc-per-node 1), gpt2-124m, 60 steps",
-              [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", PEAK,
-               str(OUT / "fsdp.peak.json"), "-m", "course_lib", "train", "gpt", "--preset", "gpt2-124m",
-               "--tokenizer", "char", "--data", f"{d}/tinyshakespeare", "--steps", "60", "--batch-size", "8",
-               "--eval-every", "20", "--eval-batches", "2", "--warmup", "5", "--fsdp", "--no-progress",
-               "--out", str(RUNS / "fsdp")],
-              timeout_s=300, needs_data=["tinyshakespeare/input.txt"]),
+              [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+               *train_gpt("fsdp", "--preset", "gpt2-124m", "--steps", "60", "--batch-size", "8",
+                          "--eval-every", "20", "--eval-batches", "2", "--warmup", "5", "--fsdp")],
+              timeout_s=300, needs_data=shakespeare),
         Check("shakespeare", "notebook 08's full-scale training through the command line (shakespeare-char, "
               "dropout 0.2, 64 x 256 tokens, lr 1e-3 to 1e-4, 2,500 steps): validation loss; needs no Jupyter",
-              [PY, PEAK, str(OUT / "shakespeare.peak.json"), "-m", "course_lib", "train", "gpt", "--preset",
-               "shakespeare-char", "--tokenizer", "char", "--data", f"{d}/tinyshakespeare", "--steps", "2500",
-               "--batch-size", "64", "--lr", "1e-3", "--min-lr", "1e-4", "--beta2", "0.99", "--dropout", "0.2",
-               "--warmup", "100", "--eval-every", "500", "--eval-batches", "20", "--compile", "--no-progress",
-               "--out", str(RUNS / "shakespeare")],
-              timeout_s=300, needs_data=["tinyshakespeare/input.txt"]),
+              [PY, *train_gpt("shakespeare", "--preset", "shakespeare-char", "--steps", "2500", "--batch-size", "64",
+                              "--lr", "1e-3", "--min-lr", "1e-4", "--beta2", "0.99", "--dropout", "0.2",
+                              "--warmup", "100", "--eval-every", "500", "--eval-batches", "20", "--compile")],
+              timeout_s=300, needs_data=shakespeare),
         Check("multi30k", "the paper's base Transformer on Multi30k (BPE 8000, batch 128, 20 epochs): BLEU",
               [PY, PEAK, str(OUT / "multi30k.peak.json"), "-m", "course_lib", "train", "translate",
                "--preset", "base", "--data", f"{d}/multi30k/train", "--tokenizer", "bpe", "--n-train", "29000",
@@ -129,7 +130,7 @@ def checks() -> list[Check]:
               timeout_s=900, needs_data=[f for f in DATA_FILES if f.startswith("multi30k")],
               needs_packages=NOTEBOOK_PACKAGES),
         Check("nb08", "notebook 08 (GPT training) at full scale", notebook="08_gpt_training.ipynb",
-              timeout_s=900, needs_data=["tinyshakespeare/input.txt"], needs_packages=NOTEBOOK_PACKAGES),
+              timeout_s=900, needs_data=shakespeare, needs_packages=NOTEBOOK_PACKAGES),
     ]
 
 
@@ -303,8 +304,6 @@ def _result_text(name: str, fig: dict, ok: bool, rc) -> str:
                 f"naive {fig.get('naive_tokens_per_s', float('nan')):,.0f}{ref}; "
                 f"{fig.get('course_speedup', float('nan')):.1f}x the naive model")
     parts = []
-    if "note" in fig:
-        parts.append(fig["note"])
     if "bleu" in fig:
         parts.append(f"BLEU {fig['bleu']:.1f}")
     if "val_loss" in fig:
