@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from course_lib import transformer
 from course_lib.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.tokenizer import Tokenizer, load_tokenizer
-from course_lib.transformer import CHECKPOINT_DEFAULTS, Transformer, TransformerConfig
+from course_lib.transformer import Transformer, TransformerConfig
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,16 @@ class ModelKind:
 KINDS: dict[str, ModelKind] = {
     "gpt": ModelKind(GPTConfig, GPT, "python -m course_lib train gpt", "python -m course_lib generate"),
     "transformer": ModelKind(TransformerConfig, Transformer, "python -m course_lib train translate",
-                             "python -m course_lib translate", CHECKPOINT_DEFAULTS),
+                             "python -m course_lib translate", transformer.CHECKPOINT_DEFAULTS),
 }
+
+
+def with_old_defaults(config: dict) -> dict:
+    """A checkpoint's model config with the keys it predates filled in with the values its
+    model was trained with (``ModelKind.old_defaults``), so that it rebuilds that model."""
+    model_type = config.get("model_type")
+    found = KINDS.get(model_type) if isinstance(model_type, str) else None
+    return {**found.old_defaults, **config} if found else dict(config)
 
 # Parameter names of course_lib 0.1 checkpoints -> today's (one naming scheme since 0.2).
 LEGACY_NAMES = [
@@ -99,7 +108,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu", kind: str
         raise ValueError(f"{path} holds a {model_type!r} model (trained by `{found.trained_by}`), not a "
                          f"{kind!r} model{f' for `{command}`' if command else ''}; use `{found.used_by} {path}` "
                          "for this one.")
-    config = {**found.old_defaults, **config}
+    config = with_old_defaults(config)
     try:
         model_config = found.config.from_dict(config)
     except (ValueError, TypeError) as exc:

@@ -33,6 +33,7 @@ from course_lib.checkpoint import (
     resolve_checkpoint,
 )
 from course_lib.env import progress_disabled
+from course_lib.models import with_old_defaults
 from course_lib.training.precision import PRECISIONS, Precision
 
 TOKENIZER = "tokenizer.json"
@@ -182,7 +183,7 @@ def saved_settings(out: str | Path) -> tuple[dict, dict]:
     meta = read_metadata(RunFolder(out).require_checkpoint())
     saved = meta.get("train_state", {}).get("train_config")
     train = {k: v for k, v in (saved if isinstance(saved, dict) else {}).items() if k not in PER_SESSION}
-    return train, dict(meta["config"])
+    return train, with_old_defaults(meta["config"])
 
 
 def save_run(run: RunFolder, model, optimizer, state: dict, precision: Precision, tokenizer=None) -> None:
@@ -197,7 +198,7 @@ def resume_run(run: RunFolder, model, optimizer, precision: Precision, cfg: Trai
     """Load the run's checkpoint into ``model`` and ``optimizer`` (plain, DDP or FSDP),
     restore the RNG and the precision's scaler; returns the training state."""
     path = run.require_checkpoint()
-    check_config(model.config.to_dict(), read_metadata(path)["config"], path)
+    check_config(model.config.to_dict(), with_old_defaults(read_metadata(path)["config"]), path)
     ckpt = D.load(path, model, optimizer)
     state = {**new_state(cfg), **ckpt["train_state"], "train_config": asdict(cfg)}
     precision.load_state_dict(state["precision"])

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import scaleout as D
-from course_lib.checkpoint import integer_problems, number_problems, read_metadata
+from course_lib.checkpoint import integer_problems, number_problems
 from course_lib.env import get_device
 from course_lib.tokenizer import SPECIALS, BPETokenizer, WordTokenizer, special_ids
 from course_lib.training.core import (
@@ -52,7 +52,7 @@ from course_lib.training.core import (
     setting,
 )
 from course_lib.training.precision import choose_precision, compile_model
-from course_lib.transformer import CHECKPOINT_DEFAULTS, COURSE_MODEL_KEYS, TransformerConfig
+from course_lib.transformer import COURSE_MODEL_KEYS, TransformerConfig
 
 PRESETS = {
     "small": dict(d_model=64, n_heads=4, n_layers=2, d_ff=128, dropout=0.0, max_len=64),  # CPU, notebook 07
@@ -401,11 +401,8 @@ def command(argv=None) -> int:
         tokenizer = load_tokenizer(run.tokenizer)  # the vocabulary the checkpoint was trained with
     else:
         tokenizer = build_tokenizer(train_pairs, cfg.tokenizer, cfg.bpe_vocab_size)
-    # a run written before a config key existed resumes with the value it was trained with
-    saved = read_metadata(run.require_checkpoint())["config"] if args.resume else {}
-    old_run = {k: v for k, v in CHECKPOINT_DEFAULTS.items() if args.resume and k not in saved}
     model_cfg = TransformerConfig.from_dict({
-        **PRESETS[preset], **old_run, **saved_model, **model_file, **given(args, TransformerConfig, "model_"),
+        **PRESETS[preset], **saved_model, **model_file, **given(args, TransformerConfig, "model_"),
         "src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
         "pad_id": tokenizer.special_tokens["<pad>"]})
     model = Transformer(model_cfg)
