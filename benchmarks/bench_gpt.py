@@ -9,10 +9,12 @@ Three models of the same configuration, on the same batches, in the same process
 interleaved rounds (so a busy machine slows all three alike; the median round counts):
 
 - naive: the original courses' way: attention written out (scores, a causal mask,
-  softmax), hand-written GELU, no fused kernels;
+  softmax), GPT-2's tanh GELU written out, no fused kernels;
 - reference: written the way the fastest small implementations are: one fused q/k/v
-  projection, PyTorch's fused attention, no checks in the hot path;
-- course: ``course_lib.gpt`` as ``course_lib.training.gpt`` trains it.
+  projection, PyTorch's fused attention and GELU (the config's: exact for the small presets,
+  as nanoGPT's, GPT-2's tanh for gpt2-*), no checks in the hot path;
+- course: ``course_lib.gpt`` as ``course_lib.training.gpt`` trains it; on the CPU also with
+  GPT-2's tanh GELU (``activation="gelu_tanh"``), to show what the exact GELU buys there.
 
 On CUDA all three get bf16 autocast, ``torch.compile`` and fused AdamW; on the CPU float32, eager.
 """
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -83,7 +86,7 @@ class RefBlock(nn.Module):
 
     def __init__(self, c: GPTConfig):
         super().__init__()
-        self.n_heads = c.n_heads
+        self.n_heads, self.approximate = c.n_heads, "tanh" if c.activation == "gelu_tanh" else "none"
         self.ln_1, self.ln_2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
         self.c_attn, self.c_proj = nn.Linear(c.d_model, 3 * c.d_model), nn.Linear(c.d_model, c.d_model)
         self.fc, self.proj = nn.Linear(c.d_model, 4 * c.d_model), nn.Linear(4 * c.d_model, c.d_model)
@@ -94,7 +97,7 @@ class RefBlock(nn.Module):
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, D))
-        return x + self.proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+        return x + self.proj(F.gelu(self.fc(self.ln_2(x)), approximate=self.approximate))
 
 
 class RefGPT(NaiveGPT):
@@ -223,10 +226,13 @@ def main(argv=None) -> int:
     batch = args.batch_size or (16 if cuda else 12)
     cfg = GPTTrainConfig(batch_size=batch, device=str(device))
     tokens = torch.randint(0, c.vocab_size, (200_000,))
+    models = {"naive": NaiveGPT, "reference": RefGPT, "course": GPT}
+    if not cuda and c.activation != "gelu_tanh":  # on a GPU both GELUs cost the same (compiled, fused)
+        models["course_tanh"] = lambda c: GPT(replace(c, activation="gelu_tanh"))
     trainers = {}
-    for name, cls in (("naive", NaiveGPT), ("reference", RefGPT), ("course", GPT)):
+    for name, build in models.items():
         torch.manual_seed(0)
-        trainers[name] = Trainer(cls(c).to(device), cfg, device, compile_it=cuda)
+        trainers[name] = Trainer(build(c).to(device), cfg, device, compile_it=cuda)
     steps, rounds = args.steps or (20 if cuda else 10), args.rounds
     # --clock cpu: the process's CPU time, which other programs on a shared machine barely change
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -241,8 +247,8 @@ def main(argv=None) -> int:
           f"batch {batch}; median of {rounds} interleaved rounds of {steps} steps, {args.clock} clock")
     print("| training | tokens/s | vs naive | vs reference | MFU |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    labels = {"naive": "naive: hand-written attention", "reference": "reference: fused q/k/v, fused attention",
-              "course": "course_lib.gpt"}
+    labels = {"naive": "naive: hand-written attention and GELU", "reference": "reference: fused q/k/v, fused attention",
+              "course": "course_lib.gpt", "course_tanh": "the same with GPT-2's tanh GELU"}
     for name, tps in speeds.items():
         mfu = f"{100 * fpt * tps / peak:.1f}%" if peak else "n/a (CPU)" if not cuda else "n/a"
         print(f"| {labels[name]} | {tps:,.0f} | {tps / speeds['naive']:.2f}x | {tps / speeds['reference']:.2f}x | {mfu} |")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_lib import transformer
+from course_lib import gpt, transformer
 from course_lib.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.tokenizer import Tokenizer, load_tokenizer
@@ -37,7 +37,8 @@ class ModelKind:
 
 
 KINDS: dict[str, ModelKind] = {
-    "gpt": ModelKind(GPTConfig, GPT, "python -m course_lib train gpt", "python -m course_lib generate"),
+    "gpt": ModelKind(GPTConfig, GPT, "python -m course_lib train gpt", "python -m course_lib generate",
+                     gpt.CHECKPOINT_DEFAULTS),
     "transformer": ModelKind(TransformerConfig, Transformer, "python -m course_lib train translate",
                              "python -m course_lib translate", transformer.CHECKPOINT_DEFAULTS),
 }

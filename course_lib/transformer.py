@@ -19,7 +19,7 @@ needs a final LayerNorm after each stack). Masks are bool, True = may attend.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -44,6 +44,8 @@ ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's approximation
 }
+ACTIVATION_SETTING = {"choices": sorted(ACTIVATIONS),  # a config's `activation` field, as a flag
+                      "help": "the feed-forward's nonlinearity: relu, gelu (exact) or gelu_tanh (GPT-2's)"}
 
 
 @dataclass
@@ -59,7 +61,7 @@ class TransformerConfig:
     n_decoder_layers: int | None = None  # None: the same as n_layers
     d_ff: int = 2048
     dropout: float = 0.1
-    activation: str = "relu"  # or "gelu"
+    activation: str = field(default="relu", metadata=ACTIVATION_SETTING)
     norm_first: bool = False  # False: the paper's post-norm
     max_len: int = 256  # longest source or target sequence, in tokens
     tie_embeddings: bool = True  # output projection shares the target embedding's weights

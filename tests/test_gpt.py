@@ -1,6 +1,7 @@
 """GPT model: Hugging Face equivalence, parameter count, generation and its KV cache."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,23 +23,44 @@ def _hf_model(seed=0, **kw):
     cfg = transformers.GPT2Config(
         vocab_size=kw.get("vocab_size", 97), n_positions=kw.get("n_positions", 32), n_embd=48,
         n_layer=3, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        activation_function=kw.get("activation_function", "gelu_new"),
     )
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():  # non-zero biases and norms, so that a wrong mapping shows
         for name, p in hf.named_parameters():
             if name.endswith("bias") or ".ln_" in name:
                 p.add_(0.1 * torch.randn_like(p))
+            if name.endswith("mlp.c_fc.weight"):  # GELU inputs of order 1, where the GELUs differ
+                p.mul_(20)
     return hf
 
 
-def test_logits_equal_hugging_face_gpt2():
-    hf = _hf_model()
+@pytest.mark.parametrize("hf_name,ours,other", [("gelu_new", "gelu_tanh", "gelu"), ("gelu", "gelu", "gelu_tanh"),
+                                               ("relu", "relu", "gelu")])
+def test_logits_equal_hugging_face_gpt2(hf_name, ours, other):
+    """GPT-2's tanh GELU ("gelu_new") and the exact one, as Hugging Face computes each."""
+    hf = _hf_model(activation_function=hf_name)
     model = GPT.from_hf(hf.config.to_dict(), hf.state_dict()).eval()
+    assert model.config.activation == ours
     idx = torch.randint(0, 97, (2, 32))
     with torch.no_grad():
         want = hf(idx).logits
         got, _ = model(idx)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # the other GELU is not close enough to pass: the comparison tells the two apart
+        wrong = GPT(replace(model.config, activation=other)).eval()
+        wrong.load_state_dict(model.state_dict())
+        assert not torch.allclose(wrong(idx)[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_new_models_take_the_exact_gelu_and_gpt2_presets_gpt2s():
+    assert GPTConfig().activation == "gelu" and GPTConfig.preset("small-cpu", vocab_size=65).activation == "gelu"
+    assert GPTConfig.preset("gpt2-124m").activation == GPTConfig.preset("gpt2-medium").activation == "gelu_tanh"
+    with pytest.raises(ValueError, match=r"activation='swish' must be one of \['gelu', 'gelu_tanh', 'relu'\]"):
+        GPTConfig(activation="swish")
+    hf = _hf_model(activation_function="silu")
+    with pytest.raises(ValueError, match="activation_function is 'silu'"):
+        GPT.from_hf(hf.config.to_dict(), hf.state_dict())
 
 
 def test_loss_equals_hugging_face_shifted_loss():

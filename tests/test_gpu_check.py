@@ -66,9 +66,10 @@ def test_peak_wrapper_passes_the_exit_code_and_writes_json(tmp_path):
 BENCH_OUTPUT = """device: cpu (1 threads); torch 2.13.0+cpu; model small-cpu (809,984 params, ...), batch 12; ...
 | training | tokens/s | vs naive | vs reference | MFU |
 | --- | ---: | ---: | ---: | ---: |
-| naive: hand-written attention | 970 | 1.00x | 0.80x | n/a (CPU) |
+| naive: hand-written attention and GELU | 970 | 1.00x | 0.80x | n/a (CPU) |
 | reference: fused q/k/v, fused attention | 1,210 | 1.25x | 1.00x | n/a (CPU) |
 | course_lib.gpt | 1,102 | 1.14x | 0.91x | n/a (CPU) |
+| the same with GPT-2's tanh GELU | 1,010 | 1.04x | 0.83x | n/a (CPU) |
 """
 
 
@@ -77,7 +78,8 @@ def test_the_bench_table_format_is_the_one_bench_gpt_prints():
     source = (ROOT / "benchmarks" / "bench_gpt.py").read_text()
     assert '"| training | tokens/s | vs naive | vs reference | MFU |"' in source
     assert "{tps:,.0f} | {tps / speeds['naive']:.2f}x | {tps / speeds['reference']:.2f}x | {mfu} |" in source
-    assert '"course": "course_lib.gpt"' in source and '"naive": "naive: hand-written attention"' in source
+    assert '"course": "course_lib.gpt"' in source and '"naive": "naive: hand-written attention and GELU"' in source
+    assert '"course_tanh": "the same with GPT-2\'s tanh GELU"' in source
 
 
 def test_paired_ratios_compare_models_within_each_round():
@@ -102,7 +104,7 @@ def test_figures_from_bench_output(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "OUT", tmp_path)
     (tmp_path / "bench.peak.json").write_text(json.dumps({"max_memory_allocated": 3 * 2**30}))
     fig = gpu_check.figures(_check("bench"), {"output": BENCH_OUTPUT})
-    assert fig["naive_tokens_per_s"] == 970 and fig["course_tokens_per_s"] == 1102
+    assert fig["naive_tokens_per_s"] == 970 and fig["course_tokens_per_s"] == 1102  # not the tanh row's
     assert fig["reference_tokens_per_s"] == 1210
     assert fig["course_speedup"] == 1.14 and fig["peak"] == 3 * 2**30
     assert "estimate" not in fig  # the peak is the whole process's: three models and their optimizers

@@ -11,13 +11,17 @@ from safetensors.torch import load_file, save_file
 
 from course_lib.checkpoint import read_metadata
 from course_lib.models import load_trained
+from course_lib.training import gpt as train_gpt
 from course_lib.training import translation as train_translate
 
+GPT_RUN = ["--preset", "tiny", "--data", "stdlib", "--max-chars", "20000", "--batch-size", "2", "--eval-every", "2",
+           "--eval-batches", "1", "--device", "cpu", "--steps", "4"]
 TRANSLATION_RUN = ["--n-train", "200", "--n-valid", "10", "--batch-size", "8", "--d-model", "16", "--n-heads", "2",
                    "--n-layers", "1", "--d-ff", "16", "--warmup", "2", "--eval-every", "2", "--device", "cpu",
                    "--steps", "4"]
 # (command, its arguments, the key old runs lack, how the old run is trained, the value it had, today's default)
 KINDS = {
+    "gpt": (train_gpt.command, GPT_RUN, "activation", ["--activation", "gelu_tanh"], "gelu_tanh", "gelu"),
     "transformer": (train_translate.command, TRANSLATION_RUN, "share_embeddings", ["--no-share-embeddings"], False,
                     True),
 }

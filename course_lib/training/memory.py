@@ -178,7 +178,7 @@ def estimate_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_
                  + qkv_in * BT * d + 3 * a * BT * d + a * BT * d + 4 * B * H * T  # q, k, v, out, lse
                  + (BT * d if p_drop else 0)  # residual dropout mask
                  + 4 * BT * d + 8 * BT + one_in * BT * d  # ln_2, the MLP's input
-                 + _ff_bytes(a, BT, f, False, "gelu") + (BT * d if p_drop else 0))
+                 + _ff_bytes(a, BT, f, False, config.activation) + (BT * d if p_drop else 0))
         acts = config.n_layers * layer
         acts += 8 * B * (T + 1) + 8 * BT  # token ids (a view of the batch) and the targets (a copy)
         acts += (BT * d if p_drop else 0) + 4 * BT * d + 8 * BT + one_in * BT * d  # ln_f, the head's input
