@@ -60,8 +60,9 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
     # GELU(x) = x * Phi(x), computed exactly (with erf), as nanoGPT and BERT do. GPT-2 used a tanh
     # approximation ("gelu_tanh", which its weights need); in PyTorch on a CPU the exact one is
-    # the faster: 4x in the forward and 2.7x in the backward of a (12, 64, 512) tensor, about
-    # 8% of a small-cpu training step (benchmarks/bench_gpt.py).
+    # the faster to train: 3.7x in the forward and 2.7x in the backward of a (12, 64, 512)
+    # tensor, 5-8% of a small-cpu training step (benchmarks/bench_gpt.py). On one token at a
+    # time its fixed cost (oneDNN) makes batch-1 generation with the KV cache about 10% slower.
     activation: str = field(default="gelu", metadata=ACTIVATION_SETTING)
     model_type: str = "gpt"
 
