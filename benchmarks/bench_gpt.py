@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     tokens = torch.randint(0, c.vocab_size, (200_000,))
     models = {"naive": NaiveGPT, "reference": RefGPT, "course": GPT}
     if not cuda and c.activation != "gelu_tanh":  # on a GPU both GELUs cost the same (compiled, fused)
-        models["course_tanh"] = lambda c: GPT(replace(c, activation="gelu_tanh"))
+        models["course_tanh"] = lambda cfg: GPT(replace(cfg, activation="gelu_tanh"))
     trainers = {}
     for name, build in models.items():
         torch.manual_seed(0)

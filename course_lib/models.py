@@ -51,6 +51,7 @@ def with_old_defaults(config: dict) -> dict:
     found = KINDS.get(model_type) if isinstance(model_type, str) else None
     return {**found.old_defaults, **config} if found else dict(config)
 
+
 # Parameter names of course_lib 0.1 checkpoints -> today's (one naming scheme since 0.2).
 LEGACY_NAMES = [
     (r"^tok_emb\.", "tok_embed."), (r"^pos_emb\.", "pos_embed."), (r"^blocks\.", "layers."),

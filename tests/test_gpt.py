@@ -38,7 +38,7 @@ def _hf_model(seed=0, **kw):
 @pytest.mark.parametrize("hf_name,ours,other", [("gelu_new", "gelu_tanh", "gelu"), ("gelu", "gelu", "gelu_tanh"),
                                                ("relu", "relu", "gelu")])
 def test_logits_equal_hugging_face_gpt2(hf_name, ours, other):
-    """GPT-2's tanh GELU ("gelu_new") and the exact one, as Hugging Face computes each."""
+    """GPT-2's tanh GELU ("gelu_new"), the exact GELU and ReLU, as Hugging Face computes each."""
     hf = _hf_model(activation_function=hf_name)
     model = GPT.from_hf(hf.config.to_dict(), hf.state_dict()).eval()
     assert model.config.activation == ours
@@ -47,7 +47,7 @@ def test_logits_equal_hugging_face_gpt2(hf_name, ours, other):
         want = hf(idx).logits
         got, _ = model(idx)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        # the other GELU is not close enough to pass: the comparison tells the two apart
+        # another activation is not close enough to pass: the comparison tells them apart
         wrong = GPT(replace(model.config, activation=other)).eval()
         wrong.load_state_dict(model.state_dict())
         assert not torch.allclose(wrong(idx)[0], want, rtol=1e-5, atol=1e-5)
