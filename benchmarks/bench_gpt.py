@@ -41,6 +41,7 @@ from course_lib.env import get_device  # noqa: E402
 from course_lib.generate import generate  # noqa: E402
 from course_lib.gpt import GPT, GPTConfig  # noqa: E402
 from course_lib.training.gpt import PEAK_BF16_FLOPS, GPTTrainConfig, configure_optimizer, get_batch  # noqa: E402
+from course_lib.transformer import ACTIVATIONS  # noqa: E402
 
 
 class NaiveBlock(nn.Module):
@@ -86,7 +87,7 @@ class RefBlock(nn.Module):
 
     def __init__(self, c: GPTConfig):
         super().__init__()
-        self.n_heads, self.approximate = c.n_heads, "tanh" if c.activation == "gelu_tanh" else "none"
+        self.n_heads, self.activation = c.n_heads, ACTIVATIONS[c.activation]  # the config's, as the course's
         self.ln_1, self.ln_2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
         self.c_attn, self.c_proj = nn.Linear(c.d_model, 3 * c.d_model), nn.Linear(c.d_model, c.d_model)
         self.fc, self.proj = nn.Linear(c.d_model, 4 * c.d_model), nn.Linear(4 * c.d_model, c.d_model)
@@ -97,7 +98,7 @@ class RefBlock(nn.Module):
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, D))
-        return x + self.proj(F.gelu(self.fc(self.ln_2(x)), approximate=self.approximate))
+        return x + self.proj(self.activation(self.fc(self.ln_2(x))))
 
 
 class RefGPT(NaiveGPT):

@@ -98,7 +98,8 @@ class GPTConfig:
 # Config keys added after GPT checkpoints were first written, with the value that rebuilds
 # those older checkpoints' models: they were trained with GPT-2's tanh GELU.
 CHECKPOINT_DEFAULTS = {"activation": "gelu_tanh"}
-HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu": "gelu", "relu": "relu"}  # Hugging Face's name -> ours
+# Hugging Face's activation_function -> ours
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
 
 class GPT(nn.Module):
@@ -199,10 +200,10 @@ class GPT(nn.Module):
         weight matrix is transposed; ``c_attn`` holds q, k and v side by side.
         """
         act = hf_config.get("activation_function", "gelu_new")
-        activation = {**HF_ACTIVATIONS, "gelu_pytorch_tanh": "gelu_tanh"}.get(act)
+        activation = HF_ACTIVATIONS.get(act)
         if activation is None:
             raise ValueError(f"the checkpoint's activation_function is {act!r}; GPT.from_hf loads "
-                             f"{sorted(HF_ACTIVATIONS)} and 'gelu_pytorch_tanh'.")
+                             f"{sorted(HF_ACTIVATIONS)}.")
         cfg = GPTConfig(
             vocab_size=hf_config["vocab_size"], block_size=hf_config["n_positions"],
             n_layers=hf_config["n_layer"], n_heads=hf_config["n_head"], d_model=hf_config["n_embd"],
