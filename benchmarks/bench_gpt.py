@@ -4,6 +4,7 @@ and a naive one, MFU, and generation tokens/s with and without the KV cache. Pri
     python benchmarks/bench_gpt.py                        # on whatever device is present
     python benchmarks/bench_gpt.py --preset gpt2-124m     # GPT-2 small (meant for a GPU)
     python benchmarks/bench_gpt.py --shakespeare-cpu      # small-cpu on tiny Shakespeare, 5 minutes
+    python benchmarks/bench_gpt.py --rounds 21 --repeat 10  # ten runs, each in a fresh process: the spread
 
 Three models of the same configuration, on the same batches, in the same process, timed in
 interleaved rounds (so a busy machine slows all three alike; the median round counts):
@@ -22,8 +23,10 @@ On CUDA all three get bf16 autocast, ``torch.compile`` and fused AdamW; on the C
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from course_lib.env import get_device  # noqa: E402
 from course_lib.generate import generate  # noqa: E402
-from course_lib.gpt import GPT, GPTConfig  # noqa: E402
+from course_lib.gpt import GPT, PRESETS, GPTConfig  # noqa: E402
 from course_lib.training.gpt import PEAK_BF16_FLOPS, GPTTrainConfig, configure_optimizer, get_batch  # noqa: E402
 from course_lib.transformer import ACTIVATIONS  # noqa: E402
 
@@ -198,9 +201,48 @@ def shakespeare_cpu(minutes: float, threads: int) -> None:
           f"in {elapsed:.0f} s | best val loss {best:.3f} | 1.9 reached: {best <= 1.9} |")
 
 
+def repeat_runs(argv: list[str], n: int) -> int:
+    """The timing ``n`` times, each in a fresh process, and the spread of its ratios. One
+    process's rounds share its memory placement and the machine's state of the moment, so
+    its figures move between runs more than its rounds do (here the course vs the reference
+    ran 0.94-1.03x over ten runs, each a median of 21 rounds)."""
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            out = Path(tmp) / f"run{i}.json"
+            # the last --repeat wins: the child times once and writes its ratios to `out`
+            child = subprocess.run([sys.executable, __file__, *argv, "--repeat", "1", "--ratios-to", str(out)],
+                                   stdout=subprocess.DEVNULL)
+            if child.returncode != 0:
+                print(f"error: run {i + 1} of {n} failed (exit status {child.returncode}; its error is above)",
+                      file=sys.stderr)
+                return 2
+            runs.append(json.loads(out.read_text()))
+            print(f"run {i + 1} of {n}: course {format_run(runs[-1])}", flush=True)
+    print(f"\n{runs[0]['setup']}; {n} runs, each in a fresh process")
+    print("| course vs | lowest | median | highest | each run |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for key, label in RATIO_LABELS.items():
+        values = [r[key] for r in runs]
+        print(f"| {label} | {min(values):.2f}x | {statistics.median(values):.2f}x | {max(values):.2f}x | "
+              + ", ".join(f"{v:.2f}" for v in values) + " |")
+    return 0
+
+
+# the ratios one run reports, for --repeat: ratios of the median rounds, and the median of
+# the same-round ratios (the line under the table)
+RATIO_LABELS = {"naive": "naive (ratio of medians)", "reference": "reference (ratio of medians)",
+                "naive_paired": "naive (same-round median)", "reference_paired": "reference (same-round median)"}
+
+
+def format_run(run: dict) -> str:
+    return ", ".join(f"vs {label} {run[key]:.2f}x" for key, label in RATIO_LABELS.items())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default=None, help="default: gpt2-124m on CUDA, small-cpu elsewhere")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="default: gpt2-124m on CUDA, small-cpu elsewhere")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="steps per round")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
@@ -210,7 +252,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shakespeare-cpu", action="store_true")
     p.add_argument("--minutes", type=float, default=5.0)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="time it this many times, each in a fresh process, and print the spread of the ratios")
+    p.add_argument("--ratios-to", help=argparse.SUPPRESS)  # where a --repeat run writes its ratios
     args = p.parse_args(argv)
+    if args.repeat < 1 or (args.repeat > 1 and args.shakespeare_cpu):
+        p.error(f"--repeat {args.repeat}: give at least 1" if args.repeat < 1 else
+                "--repeat times the models against each other; --shakespeare-cpu runs once")
+    if args.repeat > 1:
+        return repeat_runs(sys.argv[1:] if argv is None else list(argv), args.repeat)
     if args.shakespeare_cpu:
         shakespeare_cpu(args.minutes, args.threads)
         return 0
@@ -242,10 +292,11 @@ def main(argv=None) -> int:
     model = trainers["course"].model
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if cuda and k in torch.cuda.get_device_name(device)), None)
     fpt = model.flops_per_token()
-    print(f"device: {torch.cuda.get_device_name(device) if cuda else f'cpu ({torch.get_num_threads()} threads)'}; "
-          f"torch {torch.__version__}; model {preset} ({model.num_parameters():,} params, {c.n_layers} layers, "
-          f"{c.n_heads} heads, d_model {c.d_model}, context {block}, vocabulary {c.vocab_size}), "
-          f"batch {batch}; median of {rounds} interleaved rounds of {steps} steps, {args.clock} clock")
+    setup = (f"device: {torch.cuda.get_device_name(device) if cuda else f'cpu ({torch.get_num_threads()} threads)'}; "
+             f"torch {torch.__version__}; model {preset} ({model.num_parameters():,} params, {c.n_layers} layers, "
+             f"{c.n_heads} heads, d_model {c.d_model}, context {block}, vocabulary {c.vocab_size}), "
+             f"batch {batch}; median of {rounds} interleaved rounds of {steps} steps, {args.clock} clock")
+    print(setup)
     print("| training | tokens/s | vs naive | vs reference | MFU |")
     print("| --- | ---: | ---: | ---: | ---: |")
     labels = {"naive": "naive: hand-written attention and GELU", "reference": "reference: fused q/k/v, fused attention",
@@ -258,6 +309,11 @@ def main(argv=None) -> int:
     spread = {other: paired_ratios(times, "course", other) for other in ("naive", "reference")}
     print("course per round: " + "; ".join(
         f"vs {other} median {m:.2f}x, middle half {q1:.2f}-{q3:.2f}x" for other, (q1, m, q3) in spread.items()))
+    if args.ratios_to:  # one run of --repeat: its ratios for the summary, no generation
+        ratios = {other: speeds["course"] / speeds[other] for other in ("naive", "reference")}
+        ratios.update({f"{other}_paired": m for other, (_, m, _) in spread.items()})
+        Path(args.ratios_to).write_text(json.dumps({**ratios, "setup": setup}))
+        return 0
     model.eval()
     prompt_len, new = 16, min(256, block - 16)
     print(f"\n| generation ({prompt_len}-token prompt, {new} new tokens, batch 1) | tokens/s |")

@@ -96,6 +96,31 @@ def test_paired_ratios_compare_models_within_each_round():
     assert q1 < 1.0 and median == pytest.approx(1.1) and q3 == pytest.approx(1.1)
 
 
+def test_repeat_times_in_fresh_processes_and_summarises_each_run(capsys):
+    """--repeat N: N runs, each a fresh process that times once (the last --repeat on its command
+    line wins), and a table whose lowest, median and highest are those runs' own ratios."""
+    import bench_gpt
+
+    assert bench_gpt.main(["--preset", "tiny", "--rounds", "1", "--steps", "1", "--threads", "1", "--repeat", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    per_run = [line for line in lines if line.startswith("run ")]
+    assert [line.split(":")[0] for line in per_run] == ["run 1 of 2", "run 2 of 2"]
+    assert any("2 runs, each in a fresh process" in line for line in lines)
+    assert not any(line.startswith("| training |") for line in lines)  # the runs' own tables stay in them
+    rows = [line for line in lines if line.startswith("| naive (") or line.startswith("| reference (")]
+    assert len(rows) == 4
+    for row in rows:
+        label, low, median, high, each = (cell.strip() for cell in row.strip("|").split("|"))
+        values = [float(v) for v in each.split(", ")]
+        assert all(f"vs {label} {v:.2f}x" in run for v, run in zip(values, per_run))
+        assert (float(low[:-1]), float(high[:-1])) == (min(values), max(values))
+        assert float(median[:-1]) == pytest.approx(sum(values) / 2, abs=0.006)
+    for bad, says in ((["--repeat", "0"], "give at least 1"), (["--repeat", "2", "--shakespeare-cpu"], "runs once")):
+        with pytest.raises(SystemExit) as exit_:
+            bench_gpt.main(bad)
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
 def _check(name):
     return next(c for c in gpu_check.checks() if c.name == name)
 
