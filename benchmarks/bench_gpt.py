@@ -202,10 +202,9 @@ def shakespeare_cpu(minutes: float, threads: int) -> None:
 
 
 def repeat_runs(argv: list[str], n: int) -> int:
-    """The timing ``n`` times, each in a fresh process, and the spread of its ratios. One
-    process's rounds share its memory placement and the machine's state of the moment, so
-    its figures move between runs more than its rounds do (here the course vs the reference
-    ran 0.94-1.03x over ten runs, each a median of 21 rounds)."""
+    """The timing ``n`` times, each in a fresh process, and the spread of its ratios. A run's
+    rounds share one process (its memory placement, the machine's state of the moment), so one
+    run's figure can be a few percent off; the spread over fresh processes shows how far."""
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
