@@ -201,6 +201,16 @@ def shakespeare_cpu(minutes: float, threads: int) -> None:
           f"in {elapsed:.0f} s | best val loss {best:.3f} | 1.9 reached: {best <= 1.9} |")
 
 
+# the ratios one run reports, for --repeat: ratios of the median rounds, and the median of
+# the same-round ratios (the line under the table)
+RATIO_LABELS = {"naive": "naive (ratio of medians)", "reference": "reference (ratio of medians)",
+                "naive_paired": "naive (same-round median)", "reference_paired": "reference (same-round median)"}
+
+
+def format_run(run: dict) -> str:
+    return ", ".join(f"vs {label} {run[key]:.2f}x" for key, label in RATIO_LABELS.items())
+
+
 def repeat_runs(argv: list[str], n: int) -> int:
     """The timing ``n`` times, each in a fresh process, and the spread of its ratios. A run's
     rounds share one process (its memory placement, the machine's state of the moment), so one
@@ -226,16 +236,6 @@ def repeat_runs(argv: list[str], n: int) -> int:
         print(f"| {label} | {min(values):.2f}x | {statistics.median(values):.2f}x | {max(values):.2f}x | "
               + ", ".join(f"{v:.2f}" for v in values) + " |")
     return 0
-
-
-# the ratios one run reports, for --repeat: ratios of the median rounds, and the median of
-# the same-round ratios (the line under the table)
-RATIO_LABELS = {"naive": "naive (ratio of medians)", "reference": "reference (ratio of medians)",
-                "naive_paired": "naive (same-round median)", "reference_paired": "reference (same-round median)"}
-
-
-def format_run(run: dict) -> str:
-    return ", ".join(f"vs {label} {run[key]:.2f}x" for key, label in RATIO_LABELS.items())
 
 
 def main(argv=None) -> int:
