@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib import checks
 from course_lib.attention import padding_mask
 from course_lib.checkpoint import (
     config_from_dict,
@@ -238,9 +239,10 @@ def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, special_ids=()
     Returns ``(inputs, labels)``: the corrupted ids, and the original id at the selected
     positions (``IGNORE = -100`` elsewhere, which ``F.cross_entropy`` skips).
     """
-    if ids.dtype != torch.long:
-        raise TypeError(f"ids must be a long tensor of token ids, got {ids.dtype}.")
-    if not 0.0 < prob < 1.0:
+    if not torch.is_tensor(ids) or ids.dtype != torch.long:
+        raise TypeError(f"ids must be a long tensor of token ids, got {getattr(ids, 'dtype', type(ids).__name__)}.")
+    checks.count("vocab_size", vocab_size, minimum=2)
+    if not isinstance(prob, (int, float)) or isinstance(prob, bool) or not 0.0 < prob < 1.0:
         raise ValueError(f"prob={prob!r} must be in (0, 1); BERT selects 0.15 of the tokens.")
     special = torch.tensor(sorted({int(s) for s in special_ids} | {int(mask_id)}), dtype=torch.long)
     if special.numel() and (int(special.min()) < 0 or int(special.max()) >= vocab_size):

@@ -264,10 +264,15 @@ def translate(model, tokenizer, sentences: list[str] | str, beam_size: int = 1, 
     A source longer than the model's ``max_len`` is truncated to its first tokens, with a
     one-line warning (the model itself refuses over-long input with an error).
     """
+    from course_lib import checks
     from course_lib.tokenizer import special_ids
 
     single = isinstance(sentences, str)
-    sentences = [sentences] if single else list(sentences)
+    sentences = checks.texts("sentences", [sentences] if single else sentences, allow_empty=True)
+    checks.count("beam_size", beam_size)
+    checks.count("batch_size", batch_size)
+    checks.count("max_new_tokens", max_new_tokens, optional=True)
+    checks.number("alpha", alpha, 0.0)
     ids = special_ids(tokenizer)
     pad, bos, eos = ids["<pad>"], ids["<bos>"], ids["<eos>"]
     device = next(model.parameters()).device

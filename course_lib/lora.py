@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from course_lib import checks
+
 
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` (``base``) plus a trainable rank-``r`` update."""
@@ -30,6 +32,11 @@ class LoRALinear(nn.Module):
         if not isinstance(r, int) or r < 1 or r > min(base.in_features, base.out_features):
             raise ValueError(f"rank r={r!r} must be an integer from 1 to min(in, out) = "
                              f"{min(base.in_features, base.out_features)}.")
+        checks.number("alpha", alpha, 0.0, above=True,
+                      fix="alpha = 0 scales the update to nothing; peft's default is 2 * r (here 16)")
+        checks.number("dropout", dropout, 0.0, 1.0)
+        if dropout == 1.0:
+            raise ValueError("dropout=1.0 drops every input of the adapter; use a value in [0, 1).")
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
@@ -72,6 +79,9 @@ def add_lora(model: nn.Module, targets: tuple[str, ...] = ("w_q", "w_v"), r: int
     """Freeze every parameter of ``model`` and wrap each ``nn.Linear`` whose name ends with
     one of ``targets`` (``"w_q"`` matches ``layers.0.self_attn.w_q``) in a ``LoRALinear``.
     Changes ``model`` in place and returns it."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"add_lora takes a torch nn.Module, got {type(model).__name__}.")
+    targets = checks.names("targets", targets)
     names = [n for n, m in model.named_modules()
              if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in targets)]
     if not names:

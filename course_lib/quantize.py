@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib import checks
+
 
 def bytes_per_parameter(dtype: torch.dtype) -> int:
     """Bytes of one element of ``dtype`` (float32 4, bfloat16 and float16 2, int8 1)."""
@@ -30,15 +32,16 @@ def bytes_per_parameter(dtype: torch.dtype) -> int:
 
 
 def _qmax(bits: int) -> int:
-    if bits not in (2, 3, 4, 5, 6, 7, 8):
+    if isinstance(bits, bool) or bits not in (2, 3, 4, 5, 6, 7, 8):
         raise ValueError(f"bits={bits!r}: choose an integer width from 2 to 8 (8: int8, 4: int4).")
     return 2 ** (bits - 1) - 1
 
 
 def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
     """``w (out, in)`` as ``(out, groups, group_size)``; one group per row if None."""
-    if w.dim() != 2:
-        raise ValueError(f"expected a weight matrix (out, in), got shape {tuple(w.shape)}.")
+    if not torch.is_tensor(w) or w.dim() != 2:
+        raise ValueError(f"expected a weight matrix (out, in), got {tuple(w.shape) if torch.is_tensor(w) else type(w).__name__}.")
+    checks.count("group_size", group_size, optional=True, fix="None keeps one scale per row")
     if group_size is None:
         return w.unsqueeze(1)
     if w.shape[1] % group_size:
@@ -87,6 +90,13 @@ class QuantizedLinear(nn.Module):
         _qmax(bits)
         if bits not in (4, 8):
             raise ValueError(f"QuantizedLinear stores 8 or 4 bits, not {bits}.")
+        checks.count("in_features", in_features)
+        checks.count("out_features", out_features)
+        checks.count("group_size", group_size, optional=True, fix="None keeps one scale per row")
+        if group_size is not None and in_features % group_size:
+            raise ValueError(f"group_size={group_size} does not divide in_features={in_features}; pick a divisor.")
+        if bits == 4 and in_features % 2:
+            raise ValueError(f"4-bit weights are packed two to a byte: in_features={in_features} must be even.")
         self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
         groups = 1 if group_size is None else in_features // group_size
         cols = in_features if bits == 8 else in_features // 2
@@ -133,6 +143,12 @@ def quantize_model(model: nn.Module, bits: int = 8, group_size: int | None = Non
     """A copy of ``model`` whose ``nn.Linear`` layers (except those named in ``skip``: by
     default the GPT's output head, which shares its matrix with the embedding) are
     ``QuantizedLinear``. The original is left as it was."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"quantize_model takes a torch nn.Module, got {type(model).__name__}.")
+    _qmax(bits)
+    checks.count("group_size", group_size, optional=True, fix="None keeps one scale per row")
+    if isinstance(skip, str):
+        raise ValueError(f"skip={skip!r} must be a tuple of layer names; write ({skip!r},) for one.")
     out = copy.deepcopy(model).eval()
     names = _linear_names(out, skip)
     if not names:

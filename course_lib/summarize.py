@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from course_lib import checks
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
@@ -20,18 +22,32 @@ def rouge(predictions: list[str], references: list[str], types=ROUGE_TYPES) -> d
     """Mean ROUGE F-measures (the ``rouge-score`` package, Google's implementation)."""
     from rouge_score import rouge_scorer
 
-    if len(predictions) != len(references) or not references:
+    predictions, references = checks.texts("predictions", predictions), checks.texts("references", references)
+    types = checks.names("types", types, known=ROUGE_TYPES + ("rougeLsum",))
+    if len(predictions) != len(references):
         raise ValueError(f"need as many predictions as references (got {len(predictions)} and "
-                         f"{len(references)}), and at least one.")
+                         f"{len(references)}); pair each prediction with its reference.")
     scorer = rouge_scorer.RougeScorer(list(types))
     scores = [scorer.score(r, p) for p, r in zip(predictions, references)]
     return {t: sum(s[t].fmeasure for s in scores) / len(scores) for t in types}
 
 
+def _shots(shots) -> list[tuple[str, str]]:
+    """``shots`` as a list of (text, summary) pairs of strings, or an error naming the bad one."""
+    if isinstance(shots, str) or not isinstance(shots, (list, tuple)):
+        raise ValueError(f"shots must be a list of (text, summary) pairs, got {type(shots).__name__}.")
+    for i, shot in enumerate(shots):
+        if not (isinstance(shot, (list, tuple)) and len(shot) == 2 and all(isinstance(s, str) for s in shot)):
+            raise ValueError(f"shots[{i}]={shot!r} must be a (text, summary) pair of strings.")
+    return [tuple(s) for s in shots]
+
+
 def tldr_prompt(text: str, shots=()) -> str:
     """A prompt for ``text``: each (text, summary) of ``shots`` as a solved example, then
     ``text`` and "TL;DR:" for the model to continue."""
-    solved = "".join(f"{t}\nTL;DR: {s}\n\n" for t, s in shots)
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string, got {type(text).__name__}.")
+    solved = "".join(f"{t}\nTL;DR: {s}\n\n" for t, s in _shots(shots))
     return f"{solved}{text}\nTL;DR:"
 
 
@@ -42,6 +58,9 @@ def prompt_summaries(model, tokenizer, texts: list[str], shots=(), max_new_token
     their last ``block_size - max_new_tokens`` tokens."""
     from course_lib.generate import generate
 
+    texts = checks.texts("texts", texts)
+    checks.count("max_new_tokens", max_new_tokens)
+    shots = _shots(shots)
     device = next(model.parameters()).device
     keep = model.config.block_size - max_new_tokens
     if keep < 1:

@@ -81,7 +81,11 @@ class TransformerConfig:
             problems += heads_problems(self.d_model, self.n_heads, (" (model_dim)", " (num_heads)"))
         if not problems and self.d_model % 2:
             problems.append(f"d_model={self.d_model} must be even for the sinusoidal positions")
-        problems += number_problems(self, ["dropout"], 0, 1)
+        problems += number_problems(self, ["dropout"], 0, 1) + number_problems(self, ["layer_norm_eps"], above=True)
+        problems += [f"{name}={getattr(self, name)!r} must be true or false (a boolean, not a string or number)"
+                     for name in ("norm_first", "tie_embeddings") if not isinstance(getattr(self, name), bool)]
+        if self.share_embeddings is not None and not isinstance(self.share_embeddings, bool):
+            problems.append(f"share_embeddings={self.share_embeddings!r} must be true, false or null")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
         if self.share_embeddings is None and not problems:
@@ -90,8 +94,8 @@ class TransformerConfig:
             problems.append(f"share_embeddings=True needs one vocabulary for both languages, but src_vocab_size="
                             f"{self.src_vocab_size} and tgt_vocab_size={self.tgt_vocab_size}; use a joint "
                             "tokenizer or share_embeddings=False")
-        if not problems and not 0 <= self.pad_id < self.src_vocab_size:
-            problems.append(f"pad_id={self.pad_id} is outside the vocabulary")
+        if not problems and not (isinstance(self.pad_id, int) and 0 <= self.pad_id < self.src_vocab_size):
+            problems.append(f"pad_id={self.pad_id!r} is outside the vocabulary [0, {self.src_vocab_size})")
         if problems:
             raise ValueError("invalid Transformer config: " + "; ".join(problems) + ".")
 

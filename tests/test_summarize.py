@@ -18,7 +18,9 @@ def test_rouge_is_the_mean_of_the_packages_scores():
     assert rouge(preds, refs, ("rougeL",))["rougeL"] == pytest.approx(want)
     assert rouge(refs, refs)["rouge2"] == pytest.approx(0.5)  # "x" alone has no bigram to match
     with pytest.raises(ValueError, match="as many"):
-        rouge(["a"], [])
+        rouge(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="predictions is empty"):
+        rouge([], [])
 
 
 def test_tldr_prompt_zero_and_few_shot():

@@ -53,7 +53,8 @@ def test_translation_check_is_balanced_held_out_and_deterministic():
     share = sum(e.label for e in train) / len(train)
     assert 0.4 < share < 0.6
     assert {e.kind for e in train} == {"correct", *tasks.KINDS}
-    short, _ = tasks.translation_check(100, 10, seed=2, max_words=12)
+    short, held = tasks.translation_check(100, 10, seed=2, max_words=12)
+    assert (len(short), len(held)) == (100, 10)  # as many as asked, however few sentences are short
     assert all(len(e.english.split()) + len(e.german.split()) <= 12 for e in short)
     with pytest.raises(ValueError, match="kinds"):
         tasks.make_examples([("a .", "b .")], kinds=("spelling",))
@@ -65,7 +66,7 @@ def test_dialogues_are_deterministic_and_held_out():
     assert not {d.text for d in test} & {d.text for d in train}
     assert {d.scenario for d in train} == set(dialogues.SCENARIOS)
     assert all(len({who for who, _ in d.turns}) >= 2 for d in train)
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(ValueError, match="n=-1 must be"):
         dialogues.generate_dialogues(-1)
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from course_lib import checks
+
 NAMES = ["anna", "ben", "carla", "david", "emma", "felix", "greta", "hugo", "ida", "jonas", "lena", "max"]
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 PLACES = ["the cafe", "the park", "the cinema", "the station", "the library", "the gym", "the museum"]
@@ -124,8 +126,7 @@ def dialogue(rng: random.Random) -> Dialogue:
 
 def generate_dialogues(n: int, seed: int = 0) -> list[Dialogue]:
     """``n`` random dialogues, the same for the same seed."""
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be an integer >= 0, got {n!r}.")
+    checks.count("n", n, minimum=0)
     rng = random.Random(seed)
     return [dialogue(rng) for _ in range(n)]
 
@@ -133,6 +134,7 @@ def generate_dialogues(n: int, seed: int = 0) -> list[Dialogue]:
 def train_test_split(n_train: int, n_test: int, seed: int = 0) -> tuple[list[Dialogue], list[Dialogue]]:
     """Training dialogues and *new* held-out ones (no held-out text occurs in the training
     set, and none is repeated within it)."""
+    checks.count("n_test", n_test, minimum=0)
     train = generate_dialogues(n_train, seed)
     seen = {d.text for d in train}
     rng = random.Random(seed + 1_000_003)
@@ -144,4 +146,7 @@ def train_test_split(n_train: int, n_test: int, seed: int = 0) -> tuple[list[Dia
         if d.text not in seen:
             seen.add(d.text)
             test.append(d)
+    if len(test) < n_test:
+        raise ValueError(f"n_test={n_test}: only {len(test)} dialogues differ from the {n_train} training "
+                         "ones; ask for fewer.")
     return train, test

@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from typing import NamedTuple
 
+from course_lib import checks
 from course_lib.data import grammar
 
 KINDS = ("agreement", "verb", "order", "noun")
@@ -113,9 +114,8 @@ def corrupt(german: str, kind: str, rng: random.Random) -> tuple[str, int] | Non
 def make_examples(pairs, seed: int = 0, kinds=KINDS, p_correct: float = 0.5) -> list[CheckExample]:
     """One example per (English, German) pair: the translation itself with probability
     ``p_correct``, else with one error of a kind drawn from ``kinds``."""
-    unknown = sorted(set(kinds) - set(KINDS))
-    if unknown or not kinds:
-        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}.")
+    kinds = checks.names("kinds", kinds, known=KINDS)
+    checks.probability("p_correct", p_correct)
     rng = random.Random(seed)
     out = []
     for en, de in pairs:
@@ -132,16 +132,32 @@ def make_examples(pairs, seed: int = 0, kinds=KINDS, p_correct: float = 0.5) -> 
     return out
 
 
+def _pairs(n_train: int, n_test: int, seed: int, max_words: int | None):
+    """``n_train`` training and ``n_test`` held-out pairs, each with at most ``max_words``
+    words in English and German together: drawn three times as many, then more until enough."""
+    if not max_words:
+        return grammar.train_test_split(n_train, n_test, seed)
+
+    def short(pairs):
+        return [(e, d) for e, d in pairs if len(e.split()) + len(d.split()) <= max_words]
+
+    for extra in (3, 6, 12, 24, 48):
+        train_pairs, test_pairs = grammar.train_test_split(extra * n_train, extra * n_test, seed)
+        train_pairs, test_pairs = short(train_pairs), short(test_pairs)
+        if len(train_pairs) >= n_train and len(test_pairs) >= n_test:
+            return train_pairs, test_pairs
+    raise ValueError(f"max_words={max_words}: too few sentences are that short ({len(train_pairs)} training and "
+                     f"{len(test_pairs)} held-out pairs of {n_train} and {n_test} asked for); raise max_words.")
+
+
 def translation_check(n_train: int, n_test: int, seed: int = 0, kinds=KINDS, max_words: int | None = None):
     """``(train, test)`` lists of ``CheckExample``; about half of each is correct. The
     held-out English sentences never occur in the training set. ``max_words``: keep only
     pairs with at most that many words in English and German together."""
-    extra = 3 if max_words else 1  # long pairs are dropped: draw more
-    train_pairs, test_pairs = grammar.train_test_split(extra * n_train, extra * n_test, seed)
-    if max_words:
-        def short(pairs):
-            return [(e, d) for e, d in pairs if len(e.split()) + len(d.split()) <= max_words]
-
-        train_pairs, test_pairs = short(train_pairs), short(test_pairs)
+    checks.count("n_train", n_train, minimum=0)
+    checks.count("n_test", n_test, minimum=0)
+    checks.count("max_words", max_words, minimum=2, optional=True, fix="a pair has at least one word each side")
+    checks.names("kinds", kinds, known=KINDS)
+    train_pairs, test_pairs = _pairs(n_train, n_test, seed, max_words)
     return (make_examples(train_pairs[:n_train], seed, kinds),
             make_examples(test_pairs[:n_test], seed + 1, kinds))

@@ -1,0 +1,175 @@
+"""Bad input on the surfaces of notebooks 10-12: generated arguments (Hypothesis) thrown at each
+public function. Each call either returns a valid result or raises a ``ValueError`` (``TypeError``
+for a non-tensor where a tensor is needed) whose message names the argument; never an internal
+error (``ZeroDivisionError``, ``KeyError``, ``IndexError``, a ``RuntimeError`` from torch) and
+never a meaningless result."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from course_lib import checks
+from course_lib.bert import mask_tokens
+from course_lib.data import dialogues, tasks
+from course_lib.lora import LoRALinear, add_lora
+from course_lib.quantize import QuantizedLinear, absmax_quantize, quantize_model
+from course_lib.summarize import rouge, tldr_prompt
+from course_lib.transformer import TransformerConfig
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# anything a user might pass by mistake where a number, a name or a list belongs
+edges = st.sampled_from([0, -1, 1, 2, 4, 8, 0.0, 0.5, 1.5, -0.1, float("nan"), float("inf"), True, False,
+                         None, "1", "false", "", [], ()])
+anything = st.one_of(
+    edges, edges, st.none(), st.booleans(), st.integers(-5, 70), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6), st.lists(st.text(max_size=4), max_size=3), st.tuples(st.integers(), st.integers()),
+)
+
+
+def clear_error(exc: BaseException, *names: str) -> bool:
+    """A course error: ValueError (or TypeError) whose message names one of ``names``."""
+    return isinstance(exc, (ValueError, TypeError)) and any(n in str(exc) for n in names)
+
+
+def call(fn, *names):
+    """Run ``fn()``; a raised error must be clear. Returns the result, or None if it raised."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the point is to judge every exception
+        assert clear_error(exc, *names), f"unclear {type(exc).__name__}: {exc}"
+        return None
+
+
+@SETTINGS
+@given(group_size=anything, bits=anything)
+def test_absmax_quantize_any_group_size_and_bits(group_size, bits):
+    w = torch.randn(4, 8)
+    got = call(lambda: absmax_quantize(w, bits, group_size), "group_size", "bits")
+    if got is not None:  # a valid result: integers within range, the error at most half a scale
+        q, scale = got
+        assert isinstance(bits, int) and 2 <= bits <= 8
+        assert int(q.abs().max()) <= 2 ** (bits - 1) - 1 and bool((scale > 0).all())
+
+
+@SETTINGS
+@given(group_size=anything, bits=anything, in_features=anything)
+def test_quantized_linear_any_settings(group_size, bits, in_features):
+    call(lambda: QuantizedLinear(in_features, 4, bits, group_size), "group_size", "bits", "in_features")
+
+
+@SETTINGS
+@given(r=anything, alpha=anything, dropout=anything)
+def test_lora_any_rank_alpha_dropout(r, alpha, dropout):
+    layer = call(lambda: LoRALinear(nn.Linear(8, 6), r, alpha, dropout), "r=", "alpha", "dropout")
+    if layer is not None:  # an adapter that can change the output: positive scale, dropout < 1
+        assert layer.scaling > 0 and 0 <= dropout < 1 and math.isfinite(layer.scaling)
+
+
+@SETTINGS
+@given(targets=anything)
+def test_add_lora_any_targets(targets):
+    model = nn.Sequential()
+    model.add_module("w_q", nn.Linear(4, 4))
+    got = call(lambda: add_lora(model, targets), "targets", "nn.Linear named")
+    if got is not None:
+        assert isinstance(got.w_q, LoRALinear)
+
+
+@SETTINGS
+@given(predictions=anything, references=anything)
+def test_rouge_any_inputs(predictions, references):
+    got = call(lambda: rouge(predictions, references), "predictions", "references")
+    if got is not None:
+        assert isinstance(predictions, (list, tuple)) and not isinstance(predictions, str)
+        assert all(0.0 <= v <= 1.0 for v in got.values())
+
+
+@SETTINGS
+@given(text=anything, shots=anything)
+def test_tldr_prompt_any_inputs(text, shots):
+    got = call(lambda: tldr_prompt(text, shots), "text", "shots")
+    if got is not None:
+        assert got.endswith(f"{text}\nTL;DR:")
+
+
+@SETTINGS
+@given(n_train=anything, n_test=anything, max_words=anything)
+def test_translation_check_any_sizes(n_train, n_test, max_words):
+    if isinstance(n_train, int) and isinstance(n_test, int) and (n_train > 40 or n_test > 40):
+        return  # sizes are cheap to check, costly to fill
+    got = call(lambda: tasks.translation_check(n_train, n_test, seed=1, max_words=max_words),
+               "n_train", "n_test", "max_words")
+    if got is not None:
+        assert (len(got[0]), len(got[1])) == (n_train, n_test)
+
+
+@SETTINGS
+@given(p_correct=anything)
+def test_make_examples_any_probability(p_correct):
+    got = call(lambda: tasks.make_examples([("a cat .", "eine Katze .")] * 4, p_correct=p_correct), "p_correct")
+    if got is not None:
+        assert 0 <= p_correct <= 1 and len(got) == 4
+
+
+@SETTINGS
+@given(n_train=anything, n_test=anything)
+def test_dialogue_split_any_sizes(n_train, n_test):
+    if isinstance(n_train, int) and isinstance(n_test, int) and (n_train > 40 or n_test > 40):
+        return
+    got = call(lambda: dialogues.train_test_split(n_train, n_test, seed=0), "n_train", "n_test", "n=")
+    if got is not None:
+        assert (len(got[0]), len(got[1])) == (n_train, n_test)
+
+
+@SETTINGS
+@given(prob=anything, vocab_size=anything)
+def test_mask_tokens_any_probability_and_vocabulary(prob, vocab_size):
+    ids = torch.randint(5, 20, (2, 6))
+    got = call(lambda: mask_tokens(ids, 4, vocab_size, special_ids=(0,), prob=prob), "prob", "vocab_size",
+               "special ids")
+    if got is not None:
+        assert got[0].shape == ids.shape and 0 < prob < 1
+
+
+@SETTINGS
+@given(field=st.sampled_from(["norm_first", "tie_embeddings", "share_embeddings", "dropout", "pad_id",
+                               "layer_norm_eps"]), value=anything)
+def test_transformer_config_fields_any_value(field, value):
+    base = dict(src_vocab_size=16, tgt_vocab_size=16, d_model=8, n_heads=2, n_layers=1, d_ff=8, max_len=8)
+    cfg = call(lambda: TransformerConfig(**base, **{field: value}), field)
+    if cfg is not None and field in ("norm_first", "tie_embeddings"):
+        assert isinstance(getattr(cfg, field), bool)
+
+
+def test_the_examples_of_the_issue():
+    with pytest.raises(ValueError, match="group_size=0"):
+        absmax_quantize(torch.randn(2, 4), 8, 0)
+    with pytest.raises(ValueError, match="alpha=0"):
+        LoRALinear(nn.Linear(4, 4), r=2, alpha=0)
+    with pytest.raises(ValueError, match="norm_first='false' must be true or false"):
+        TransformerConfig(src_vocab_size=8, tgt_vocab_size=8, d_model=8, n_heads=2, norm_first="false")
+    with pytest.raises(ValueError, match="predictions must be a list of strings"):
+        rouge("a summary", "a summary")
+    with pytest.raises(ValueError, match="n_test=-1"):
+        tasks.translation_check(10, -1)
+    with pytest.raises(ValueError, match="p_correct=1.5"):
+        tasks.make_examples([("a .", "b .")], p_correct=1.5)
+    with pytest.raises(ValueError, match="skip="):
+        quantize_model(nn.Sequential(nn.Linear(2, 2)), skip="0")
+
+
+def test_checks_name_the_argument_and_accept_valid_values():
+    checks.count("n", 0, minimum=0)
+    checks.probability("p", 1)
+    assert checks.texts("xs", ("a", "b")) == ["a", "b"]
+    for bad, fn in [(True, lambda v: checks.count("n", v)), (float("nan"), lambda v: checks.probability("p", v)),
+                    ("false", lambda v: checks.flag("f", v)), ("abc", lambda v: checks.texts("xs", v))]:
+        with pytest.raises(ValueError, match=r"^(n|p|f|xs)"):
+            fn(bad)
