@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from course_lib import checks
 from course_lib.tokenizer import WordTokenizer
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>", "<cls>", "<sep>", "<mask>")
@@ -29,12 +30,13 @@ SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>", "<cls>", "<sep>", "<mask>")
 
 def build_tokenizer(texts: Sequence[str]) -> WordTokenizer:
     """One word-level vocabulary for all three models, with BERT's and GPT's special tokens."""
-    return WordTokenizer.from_texts(list(texts), special_tokens=SPECIALS)
+    return WordTokenizer.from_texts(checks.texts("texts", texts), special_tokens=SPECIALS)
 
 
 def encoder_input(tok, first: str, second: str) -> tuple[list[int], list[int]]:
     """BERT's input for a pair: ``[CLS] first [SEP] second [SEP]``, and the segment of each
     token (0 for ``[CLS] first [SEP]``, 1 for ``second [SEP]``)."""
+    checks.texts("the pair (first, second)", [first, second])
     s = tok.special_tokens
     a = [s["<cls>"]] + tok.encode(first) + [s["<sep>"]]
     b = tok.encode(second) + [s["<sep>"]]
@@ -43,6 +45,7 @@ def encoder_input(tok, first: str, second: str) -> tuple[list[int], list[int]]:
 
 def decoder_input(tok, first: str, second: str) -> list[int]:
     """GPT's input for a pair: ``first [SEP] second <eos>`` (read left to right)."""
+    checks.texts("the pair (first, second)", [first, second])
     s = tok.special_tokens
     return tok.encode(first) + [s["<sep>"]] + tok.encode(second) + [s["<eos>"]]
 
@@ -84,6 +87,7 @@ def gpt_hidden_states(gpt, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _head(d_model: int, n_classes: int) -> nn.Sequential:
+    checks.count("n_classes", n_classes, minimum=2, fix="a classifier chooses between at least two classes")
     return nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh(), nn.Linear(d_model, n_classes))
 
 
@@ -117,6 +121,9 @@ class LastTokenClassifier(nn.Module):
 def batch_indices(n: int, batch_size: int, seed: int) -> Callable[[int], torch.Tensor]:
     """``indices(step)``: the example indices of a step (0-based), going through a fresh
     permutation of the ``n`` examples each epoch; a pure function of (seed, step)."""
+    checks.count("n", n)
+    checks.count("batch_size", batch_size)
+    checks.count("seed", seed, minimum=0)
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size={batch_size} must be between 1 and the number of examples ({n}).")
     per_epoch = n // batch_size
@@ -134,6 +141,8 @@ def batch_indices(n: int, batch_size: int, seed: int) -> Callable[[int], torch.T
 
 def linear_schedule(step: int, lr: float, warmup: int, steps: int) -> float:
     """BERT's schedule: linear warmup over ``warmup`` steps, then linear decay to zero."""
+    checks.count("warmup", warmup, minimum=0)
+    checks.count("steps", steps)
     if step < warmup:
         return lr * (step + 1) / warmup
     return lr * max(0.0, (steps - step) / max(1, steps - warmup))
@@ -173,5 +182,7 @@ def fit(model: nn.Module, loss_fn: Callable[[int], torch.Tensor], steps: int, lr
 def predict(classify: Callable[[torch.Tensor], torch.Tensor], n: int, batch_size: int = 256) -> torch.Tensor:
     """Predicted class of each of ``n`` examples: ``classify(idx)`` returns the logits of
     the examples ``idx``; the argmax is taken batch by batch."""
+    checks.count("n", n, fix="there must be examples to predict")
+    checks.count("batch_size", batch_size)
     out = [classify(torch.arange(i, min(i + batch_size, n))).argmax(-1) for i in range(0, n, batch_size)]
     return torch.cat(out)

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from course_lib import checks
+
 # Published fits, for comparison (exponents of N_opt and D_opt as powers of C).
 CHINCHILLA = {"approach 2": {"a": 0.49, "b": 0.51}, "approach 3": {"a": 0.46, "b": 0.54},
               "surface": {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28},
@@ -48,6 +50,8 @@ KAPLAN = {"a": 0.73, "b": 0.27}  # Kaplan et al. 2020: N_opt ~ C^0.73 (their tab
 
 def training_flops(n_params: float, n_tokens: float) -> float:
     """Training compute ``6 N D`` (forward 2 N D, backward 4 N D)."""
+    checks.number("n_params", n_params, 0.0, above=True)
+    checks.number("n_tokens", n_tokens, 0.0)
     return 6.0 * n_params * n_tokens
 
 
@@ -178,11 +182,21 @@ def isoflop_minimum(n_params, loss) -> tuple[float, float, np.ndarray]:
     return float(np.exp(log_n)), float(np.polyval(coeffs, log_n)), coeffs
 
 
+def _check_rows(rows, needed: tuple[str, ...]) -> None:
+    if not isinstance(rows, (list, tuple)) or not rows:
+        raise ValueError(f"rows must be a non-empty list of dicts with {list(needed)}, got {type(rows).__name__}.")
+    for i, row in enumerate(rows):
+        missing = [k for k in needed if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ValueError(f"rows[{i}] lacks {missing}; each row needs {list(needed)}.")
+
+
 def isoflop_analysis(rows: list[dict]) -> dict:
     """Approach 2 on IsoFLOP rows (``budget``, ``params``, ``val_loss``): the vertex of every
     budget's parabola (``inside``: whether it lies within the sizes measured; budgets whose
     losses do not curve upwards are listed in ``skipped``), then N_opt ~ C^a and D_opt ~ C^b
     by power-law fits through the vertices (NaN with fewer than 2)."""
+    _check_rows(rows, ("budget", "params", "val_loss"))
     minima, skipped = [], []
     for c in sorted({r["budget"] for r in rows}):
         runs = [r for r in rows if r["budget"] == c]
@@ -228,6 +242,21 @@ class GridSpec:
     max_chars: int | None = 300_000
     data: str = "generated"
     seed: int = 1337
+
+    def __post_init__(self):
+        shapes = self.shapes
+        if isinstance(shapes, (str, bytes)) or not isinstance(shapes, (list, tuple)) or not shapes or not all(
+                isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                  and v >= 1 for v in s) for s in shapes):
+            raise ValueError(f"shapes={shapes!r} must be a non-empty list of (n_layers, d_model) pairs of "
+                             "integers >= 1, e.g. [(1, 8), (2, 16)].")
+        self.shapes = [tuple(s) for s in shapes]
+        for name in ("block_size", "batch_size", "head_dim", "min_steps", "evals", "eval_batches"):
+            checks.count(name, getattr(self, name))
+        checks.count("warmup", self.warmup, minimum=0)
+        checks.count("max_chars", self.max_chars, optional=True)
+        for name in ("max_flops", "lr", "max_ratio"):
+            checks.number(name, getattr(self, name), 0.0, above=True)
 
 
 GRIDS = {
@@ -305,6 +334,8 @@ def run_grid(spec: GridSpec, text: str, device: str | None = None, quiet: bool =
 def loss_at_tokens(rows: list[dict], params: int, tokens: float, slack: float = 0.02) -> float | None:
     """One model's validation loss after ``tokens`` tokens, interpolated linearly in
     log D between its evaluations (None outside them, beyond a relative ``slack``)."""
+    _check_rows(rows, ("params", "tokens", "val_loss"))
+    checks.number("tokens", tokens, 0.0, above=True)
     curve = sorted((r["tokens"], r["val_loss"]) for r in rows if r["params"] == params)
     if not curve:
         return None
@@ -318,6 +349,9 @@ def loss_at_tokens(rows: list[dict], params: int, tokens: float, slack: float = 
 def isoflop_slices(rows: list[dict], budgets) -> list[dict]:
     """For each budget C, every model that reached ``D = C / (6 N)`` tokens and its loss
     there: the points of one IsoFLOP curve (rows ``budget, params, tokens, val_loss``)."""
+    budgets = list(budgets) if isinstance(budgets, (list, tuple, np.ndarray)) else [budgets]
+    for c in budgets:
+        checks.number("budget", float(c) if isinstance(c, (np.floating, np.integer)) else c, 0.0, above=True)
     out = []
     for c in budgets:
         for n in sorted({r["params"] for r in rows}):

@@ -16,6 +16,7 @@ from torch import nn
 
 from course_lib import checks
 from course_lib.bert import mask_tokens
+from course_lib.classify import predict
 from course_lib.data import dialogues, tasks
 from course_lib.lora import LoRALinear, add_lora
 from course_lib.quantize import QuantizedLinear, absmax_quantize, quantize_model
@@ -161,6 +162,8 @@ def test_the_examples_of_the_issue():
         tasks.translation_check(10, -1)
     with pytest.raises(ValueError, match="p_correct=1.5"):
         tasks.make_examples([("a .", "b .")], p_correct=1.5)
+    with pytest.raises(ValueError, match="n=0"):
+        predict(lambda idx: idx, 0)
     with pytest.raises(ValueError, match="skip="):
         quantize_model(nn.Sequential(nn.Linear(2, 2)), skip="0")
 
@@ -173,3 +176,61 @@ def test_checks_name_the_argument_and_accept_valid_values():
                     ("false", lambda v: checks.flag("f", v)), ("abc", lambda v: checks.texts("xs", v))]:
         with pytest.raises(ValueError, match=r"^(n|p|f|xs)"):
             fn(bad)
+
+
+@SETTINGS
+@given(field=st.sampled_from(["shapes", "max_flops", "block_size", "batch_size", "lr", "warmup", "head_dim",
+                               "min_steps", "max_ratio", "evals", "max_chars"]), value=anything)
+def test_grid_spec_fields_any_value(field, value):
+    from course_lib.scaling import GridSpec
+
+    base = {"shapes": [(1, 4)], "max_flops": 1e9}
+    spec = call(lambda: GridSpec(**{**base, field: value}), field)
+    if spec is not None:
+        assert all(n >= 1 and d >= 1 for n, d in spec.shapes) and spec.max_flops > 0 and spec.lr > 0
+
+
+@SETTINGS
+@given(n_params=anything, n_tokens=anything)
+def test_training_flops_any_sizes(n_params, n_tokens):
+    from course_lib.scaling import training_flops
+
+    got = call(lambda: training_flops(n_params, n_tokens), "n_params", "n_tokens")
+    if got is not None:
+        assert got >= 0 and math.isfinite(got)
+
+
+@SETTINGS
+@given(rows=st.one_of(anything, st.lists(st.dictionaries(st.sampled_from(["budget", "params", "val_loss"]),
+                                                         st.floats(0.5, 4)), max_size=4)))
+def test_isoflop_analysis_any_rows(rows):
+    from course_lib.scaling import isoflop_analysis
+
+    got = call(lambda: isoflop_analysis(rows), "rows")
+    if got is not None:
+        assert set(got) >= {"minima", "skipped", "a", "b"}
+
+
+@SETTINGS
+@given(n=anything, batch_size=anything)
+def test_classify_batches_and_predictions_any_sizes(n, batch_size):
+    from course_lib.classify import batch_indices, predict
+
+    got = call(lambda: batch_indices(n, batch_size, seed=0), "n=", "batch_size")
+    if got is not None:
+        assert len(got(0)) == batch_size <= n
+    preds = call(lambda: predict(lambda idx: torch.zeros(len(idx), 2), n, batch_size), "n=", "batch_size")
+    if preds is not None:
+        assert preds.shape == (n,)
+
+
+@SETTINGS
+@given(n_classes=anything)
+def test_classifier_heads_any_number_of_classes(n_classes):
+    from course_lib.classify import FirstTokenClassifier
+
+    bert = type("Bert", (nn.Module,), {})()
+    bert.config = type("C", (), {"d_model": 8})()
+    head = call(lambda: FirstTokenClassifier(bert, n_classes), "n_classes")
+    if head is not None:
+        assert head.head[-1].out_features == n_classes >= 2
