@@ -118,6 +118,12 @@ class LlamaConfig:
         return asdict(self)
 
 
+def kv_cache_bytes_per_token(cfg: LlamaConfig, bytes_per_value: int = 2) -> int:
+    """Bytes the KV cache grows by per token: a key and a value of ``head_size`` for each of
+    the ``n_kv_heads`` heads of each layer (2 bytes a value in bfloat16)."""
+    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_size * bytes_per_value
+
+
 class RMSNorm(nn.Module):
     """``x / sqrt(mean(x^2) + eps) * g``: LayerNorm without the mean and the bias, computed
     in float32 (Zhang & Sennrich, 2019)."""
