@@ -108,7 +108,7 @@ def count_parameters(config: GPTConfig | TransformerConfig) -> ParamCount:
         return ParamCount(n, tensors, matmul, 4 * config.max_len * d)
     if isinstance(config, LlamaConfig):
         return _count_llama(config)
-    raise TypeError(f"expected a GPTConfig, LlamaConfig or TransformerConfig, got {type(config).__name__}.")
+    raise TypeError(f"expected a GPTConfig or TransformerConfig or LlamaConfig, got {type(config).__name__}.")
 
 
 def _count_llama(c: LlamaConfig) -> ParamCount:
