@@ -25,7 +25,7 @@ weights (e.g. SmolLM2-135M, Qwen3-0.6B).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -55,20 +55,25 @@ def swiglu_hidden(d_model: int, multiple_of: int = 8) -> int:
     return multiple_of * math.ceil(8 * d_model / 3 / multiple_of)
 
 
+def _help(text: str) -> dict:
+    return {"help": text}  # the --flag's help text in `train gpt --arch llama`
+
+
 @dataclass
 class LlamaConfig:
     vocab_size: int = 32000
     block_size: int = 1024  # context length: the most positions the model sees at once
     n_layers: int = 12
     n_heads: int = 12
-    n_kv_heads: int = 4  # key/value heads: n_heads is multi-head, 1 is multi-query attention
+    n_kv_heads: int = field(default=4, metadata=_help("key/value heads, a divisor of n_heads (n_heads: "
+                                                      "multi-head, 1: multi-query attention)"))
     d_model: int = 768
-    head_size: int | None = None  # default d_model / n_heads (Qwen3 sets its own)
-    d_ff: int | None = None  # default swiglu_hidden(d_model)
-    rope_theta: float = 10000.0  # RoPE's base
-    norm_eps: float = 1e-5
-    qk_norm: bool = False  # RMSNorm on each query and key head (Qwen3)
-    tie_embeddings: bool = False  # the output head shares the embedding matrix
+    head_size: int | None = field(default=None, metadata=_help("size of each head (None: d_model / n_heads)"))
+    d_ff: int | None = field(default=None, metadata=_help("SwiGLU's hidden width (None: about 8/3 d_model)"))
+    rope_theta: float = field(default=10000.0, metadata=_help("RoPE's base: theta_i = base^(-2i/head_size)"))
+    norm_eps: float = field(default=1e-5, metadata=_help("RMSNorm's epsilon"))
+    qk_norm: bool = field(default=False, metadata=_help("RMSNorm on each query and key head (Qwen3)"))
+    tie_embeddings: bool = field(default=False, metadata=_help("the output head shares the embedding matrix"))
     dropout: float = 0.0
     model_type: str = "llama"
 

@@ -63,6 +63,18 @@ def test_logits_equal_hugging_face(family, tie, n_kv_heads):
     assert (expected - got).abs().max().item() < TOL
 
 
+@pytest.mark.parametrize("family,tie", [("llama", True), ("qwen3", False)])
+def test_from_pretrained_reads_a_saved_hugging_face_folder(tmp_path, family, tie):
+    """The path a hub checkpoint takes: config.json + model.safetensors (a tied head is not stored)."""
+    hf = hf_model(family, tie, 2)
+    hf.save_pretrained(tmp_path)
+    ours = Llama.from_pretrained(str(tmp_path), block_size=24).eval()
+    assert ours.config.block_size == 24
+    idx = torch.randint(0, 61, (2, 24), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (hf(idx).logits - ours(idx)[0]).abs().max().item() < TOL
+
+
 def test_wrong_rope_layout_breaks_the_equality():
     """The deliberately broken variant: the right weights with RoPE's other layout."""
     hf = hf_model("llama", False, 2)
