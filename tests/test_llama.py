@@ -85,6 +85,24 @@ def test_wrong_rope_layout_breaks_the_equality():
         assert (hf(idx).logits - ours(idx)[0]).abs().max().item() > 100 * TOL
 
 
+def test_wrong_grouping_of_query_heads_breaks_the_equality(monkeypatch):
+    """Another broken variant: key/value head j serving query heads j, j + n_kv_heads, ...
+    (``repeat``) instead of the consecutive group (``repeat_interleave``, as HF's repeat_kv)."""
+    import course_lib.llama as L
+
+    def strided(q, k, v, start, dropout=0.0):
+        group = q.shape[1] // k.shape[1]
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1), is_causal=True)
+
+    hf = hf_model("llama", False, 2)
+    ours = course_copy(hf)
+    idx = torch.randint(0, 61, (2, 30), generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(L, "causal_attention", strided)
+    with torch.no_grad():
+        assert (hf(idx).logits - ours(idx)[0]).abs().max().item() > 100 * TOL
+
+
 def test_the_two_layouts_agree_once_the_weights_are_permuted():
     """An interleaved-layout model whose W_Q and W_K rows are in the interleaved order gives
     Hugging Face's (halves) logits: interleaved_to_halves is the permutation between them."""
