@@ -59,7 +59,7 @@ def generate_command(argv=None) -> int:
     if args.max_new_tokens < 0:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens} must be >= 0.")
     device = _device(args)
-    trained = load_trained(args.run, device, kind="gpt", command="generate")
+    trained = load_trained(args.run, device, kind=("gpt", "llama"), command="generate")
     tok = trained.tokenizer
     if tok is None:
         raise FileNotFoundError(f"no tokenizer.json beside {trained.path}; it is written with the checkpoint.")

@@ -19,6 +19,7 @@ from torch import nn
 from course_lib import gpt, transformer
 from course_lib.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from course_lib.gpt import GPT, GPTConfig
+from course_lib.llama import Llama, LlamaConfig
 from course_lib.tokenizer import Tokenizer, load_tokenizer
 from course_lib.transformer import Transformer, TransformerConfig
 
@@ -39,6 +40,7 @@ class ModelKind:
 KINDS: dict[str, ModelKind] = {
     "gpt": ModelKind(GPTConfig, GPT, "python -m course_lib train gpt", "python -m course_lib generate",
                      gpt.CHECKPOINT_DEFAULTS),
+    "llama": ModelKind(LlamaConfig, Llama, "python -m course_lib train gpt --arch llama", "python -m course_lib generate"),
     "transformer": ModelKind(TransformerConfig, Transformer, "python -m course_lib train translate",
                              "python -m course_lib translate", transformer.CHECKPOINT_DEFAULTS),
 }
@@ -89,12 +91,12 @@ class Trained:
     train_state: dict = field(default_factory=dict, repr=False)
 
 
-def load_trained(path: str | Path, device: str | torch.device = "cpu", kind: str | None = None,
+def load_trained(path: str | Path, device: str | torch.device = "cpu", kind: str | tuple[str, ...] | None = None,
                  command: str | None = None) -> Trained:
     """The model of a run folder or checkpoint file, in eval mode, with its tokenizer
     (``tokenizer.json`` beside the checkpoint, or None) and config.
 
-    ``kind``: the kind the caller needs ("gpt", "transformer"); another kind is an error
+    ``kind``: the kind (or kinds) the caller needs ("gpt", "transformer"); another kind is an error
     that says which kind the checkpoint holds and which command uses it (``command``: the
     caller's name, for that message).
     """
@@ -106,9 +108,10 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu", kind: str
         raise CheckpointError(f"{file} holds a model of type {model_type!r}, which is not one of the course's "
                          f"kinds {sorted(KINDS)}; give a checkpoint written by `python -m course_lib train`.")
     found = KINDS[model_type]
-    if kind is not None and model_type != kind:
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and model_type not in kinds:
         raise ValueError(f"{path} holds a {model_type!r} model (trained by `{found.trained_by}`), not a "
-                         f"{kind!r} model{f' for `{command}`' if command else ''}; use `{found.used_by} {path}` "
+                         f"{' or '.join(map(repr, kinds))} model{f' for `{command}`' if command else ''}; use `{found.used_by} {path}` "
                          "for this one.")
     config = with_old_defaults(config)
     try:

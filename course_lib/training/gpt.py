@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from course_lib import llama
 from course_lib import scaleout as D
 from course_lib.checkpoint import integer_problems, number_problems
 from course_lib.env import get_device
@@ -47,6 +48,8 @@ from course_lib.training.core import (
 )
 from course_lib.training.precision import choose_precision, compile_model
 
+# --arch: the model's design -> (config class, model class, presets)
+ARCHS = {"gpt": (GPTConfig, GPT, PRESETS), "llama": (llama.LlamaConfig, llama.Llama, llama.PRESETS)}
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12}
 
 
@@ -223,7 +226,11 @@ COMMAND_DEFAULTS = {"out": "runs/gpt"}  # the command writes a run folder; the l
 
 def build_parser() -> Parser:
     p = Parser(prog="python -m course_lib train gpt", description="Train a GPT (notebook 08).")
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size")
+    p.add_argument("--arch", default=None, choices=sorted(ARCHS),
+                   help="gpt: GPT-2's design; llama: RMSNorm, RoPE, SwiGLU, grouped-query attention "
+                   "(notebook 13) (default: gpt, or the resumed run's)")
+    p.add_argument("--preset", default="tiny", choices=sorted(set(PRESETS) | set(llama.PRESETS)),
+                   help="model size (of the --arch)")
     p.add_argument("--config", help="JSON file of settings: training fields and model fields (GPTConfig)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out, with its own settings (flags given now override them)")
@@ -231,6 +238,8 @@ def build_parser() -> Parser:
     add_config_arguments(p, GPTTrainConfig, title="training", defaults=COMMAND_DEFAULTS)
     add_config_arguments(p, GPTConfig, prefix="model_", title="model (overrides the preset)",
                          skip=("model_type", "vocab_size"))
+    add_config_arguments(p, llama.LlamaConfig, prefix="model_", title="model, --arch llama only",
+                         skip=tuple(GPTConfig.__dataclass_fields__))
     return p
 
 
@@ -255,7 +264,7 @@ def command(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     file_values = read_json(args.config, "settings") if args.config else {}
-    model_names = set(GPTConfig.__dataclass_fields__)
+    model_names = set(GPTConfig.__dataclass_fields__) | set(llama.LlamaConfig.__dataclass_fields__)
     train_values = {k: v for k, v in file_values.items() if k not in model_names}
     out = given(args, GPTTrainConfig).get("out") or train_values.get("out") or COMMAND_DEFAULTS["out"]
     saved_train, saved_model = saved_settings(out) if args.resume else ({}, {})  # the run's own settings
@@ -268,23 +277,27 @@ def command(argv=None) -> int:
         raise ValueError(f"--until-step {args.until_step} must be >= 1.")
     get_device(cfg.device, source="--device")  # a device that is not here is an error now
     D.setup(cfg.device)  # joins torchrun's process group, if any
-    model_values = {**PRESETS[args.preset], **saved_model, **{k: v for k, v in file_values.items() if k in model_names},
-                    **given(args, GPTConfig, "model_")}
+    arch = args.arch or saved_model.get("model_type") or "gpt"
+    config_class, model_class, presets = ARCHS[arch]
+    if args.preset not in presets:
+        raise ValueError(f"--preset {args.preset} is not a preset of --arch {arch}; choose one of {sorted(presets)}.")
+    model_values = {**presets[args.preset], **saved_model, **{k: v for k, v in file_values.items() if k in model_names},
+                    **given(args, GPTConfig, "model_"), **given(args, llama.LlamaConfig, "model_")}
     text = load_text(cfg.data, max_chars=cfg.max_chars)
     if args.resume and run.tokenizer.exists():
         tokenizer = load_tokenizer(run.tokenizer)  # the run's own vocabulary
     else:
-        kind = cfg.tokenizer or ("gpt2" if "vocab_size" in PRESETS[args.preset] else "char")
+        kind = cfg.tokenizer or ("gpt2" if "vocab_size" in presets[args.preset] else "char")
         tokenizer = gpt2_tokenizer() if kind == "gpt2" else CharTokenizer.from_text(text.text)
     if "vocab_size" not in file_values and "vocab_size" not in saved_model:
         v = tokenizer.vocab_size  # GPT-2's 50,257 rounded up to 50,304 on CUDA: faster matmuls
         model_values["vocab_size"] = -(-v // 64) * 64 if v > 1000 and get_device(cfg.device).type == "cuda" else v
-    model_cfg = GPTConfig.from_dict(model_values)
+    model_cfg = config_class.from_dict(model_values)
     cfg, plan = plan_run(cfg, model_cfg, model_cfg.block_size, accum_given="grad_accum" in train_values)
     log(plan.line())  # precision, micro-batch x accumulation, memory and time on this device
     data = prepare_data(text.text, tokenizer)
     torch.manual_seed(cfg.seed)
-    model = GPT(model_cfg)
+    model = model_class(model_cfg)
     log(f"data: {text.source} ({len(text.text):,} characters, {len(data.train):,} training tokens)")
     log(f"model: {model.num_parameters():,} parameters; {model_cfg}")
     state = train(model, data, cfg, tokenizer=tokenizer, resume=args.resume, until_step=args.until_step)

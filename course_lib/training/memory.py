@@ -39,7 +39,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from course_lib.gpt import GPTConfig
+from course_lib.llama import LlamaConfig
 from course_lib.transformer import TransformerConfig
+
+DECODERS = (GPTConfig, LlamaConfig)  # decoder-only language models: block_size tokens, (x, y) batches
 
 COMPONENTS = ("weights", "gradients", "optimizer", "weight_copies", "activations", "logits")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -103,7 +106,21 @@ def count_parameters(config: GPTConfig | TransformerConfig) -> ParamCount:
         tensors += 4 if config.norm_first else 0
         matmul = Le * (4 * d * d + 2 * d * f) + Ld * (8 * d * d + 2 * d * f) + Vt * d
         return ParamCount(n, tensors, matmul, 4 * config.max_len * d)
-    raise TypeError(f"expected a GPTConfig or TransformerConfig, got {type(config).__name__}.")
+    if isinstance(config, LlamaConfig):
+        return _count_llama(config)
+    raise TypeError(f"expected a GPTConfig or TransformerConfig or LlamaConfig, got {type(config).__name__}.")
+
+
+def _count_llama(c: LlamaConfig) -> ParamCount:
+    """``course_lib.llama.Llama``: no biases, RMSNorm gains only, Q/O of n_heads heads and
+    K/V of n_kv_heads, SwiGLU's three matrices; the RoPE tables are buffers."""
+    V, d, L, f = c.vocab_size, c.d_model, c.n_layers, c.d_ff
+    attn = 2 * d * c.n_heads * c.head_size + 2 * d * c.n_kv_heads * c.head_size
+    layer = attn + 3 * d * f + 2 * d + (2 * c.head_size if c.qk_norm else 0)
+    head = 0 if c.tie_embeddings else V * d
+    n = V * d + head + L * layer + d
+    tensors = 1 + (0 if c.tie_embeddings else 1) + L * (4 + 3 + 2 + (2 if c.qk_norm else 0)) + 1
+    return ParamCount(n, tensors, L * (attn + 3 * d * f) + V * d, 4 * c.block_size * c.head_size)
 
 
 def optimizer_bytes(n_params: int, n_tensors: int, optimizer: str = "adamw") -> int:
@@ -127,7 +144,7 @@ def _check(config, batch_size: int, seq_len: int, precision: str, optimizer: str
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}.")
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}.")
-    limit = config.block_size if isinstance(config, GPTConfig) else config.max_len
+    limit = config.block_size if isinstance(config, DECODERS) else config.max_len
     if seq_len > limit:
         raise ValueError(f"seq_len={seq_len} is longer than the model's context of {limit} tokens.")
 
@@ -158,7 +175,7 @@ def estimate_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_
     through the backward pass (the GPT trainer does: ``logits, loss = model(x, y)``; the
     translation trainer does not); default by model type.
     """
-    is_gpt = isinstance(config, GPTConfig)
+    is_gpt = isinstance(config, DECODERS)
     seq_len = seq_len or (config.block_size if is_gpt else config.max_len)
     _check(config, batch_size, seq_len, precision, optimizer)
     pc = count_parameters(config)
@@ -174,7 +191,8 @@ def estimate_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_
     one_in = a if amp else 4
     if is_gpt:
         f, V = 4 * d, config.vocab_size
-        layer = (4 * BT * d + 8 * BT  # ln_1 input and statistics
+        layer = _llama_layer_bytes(config, B, T, a, amp) if isinstance(config, LlamaConfig) else (
+                 4 * BT * d + 8 * BT  # ln_1 input and statistics
                  + qkv_in * BT * d + 3 * a * BT * d + a * BT * d + 4 * B * H * T  # q, k, v, out, lse
                  + (BT * d if p_drop else 0)  # residual dropout mask
                  + 4 * BT * d + 8 * BT + one_in * BT * d  # ln_2, the MLP's input
@@ -213,7 +231,7 @@ def estimate_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_
     # at the start of the backward pass the float32 log-softmax and its two gradients, each
     # (B, T, V); with a small vocabulary the peak moves into the last layer's backward pass,
     # where the feed-forward's hidden gradient and the residual gradient are alive.
-    f_last = 4 * d if is_gpt else config.d_ff
+    f_last = 4 * d if isinstance(config, GPTConfig) else config.d_ff
     loss_grads = 12 * tgt_tokens * V
     layer_grads = a * tgt_tokens * f_last + 4 * tgt_tokens * d
     logits = (a * tgt_tokens * V if keep else 0) + max(loss_grads, layer_grads)
@@ -234,6 +252,22 @@ def estimate_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_
 
 
 # ---- the measurement: fake tensors and PyTorch's memory tracker ------------------------------
+
+def _llama_layer_bytes(c: LlamaConfig, B: int, T: int, a: int, amp: bool) -> int:
+    """What one ``LlamaLayer`` saves for backward: two RMSNorms (float32 input, 1/rms and the
+    normalised output), the projections' inputs and outputs, RoPE's rotated q and k (a new
+    tensor each), the attention output and log-sum-exp, and SwiGLU's gate, its SiLU, the up
+    projection and their product."""
+    BT, d, hs, f = B * T, c.d_model, c.head_size, c.d_ff
+    q, kv = BT * c.n_heads * hs, BT * c.n_kv_heads * hs
+    norms = 2 * (8 * BT * d + 4 * BT)
+    x_in = (3 if amp else 1) * a * BT * d  # autocast casts x for each matmul; float32 saves x once
+    attn = x_in + 2 * a * (q + 2 * kv) + a * q + a * q + 4 * B * c.n_heads * T
+    if c.qk_norm:
+        attn += 8 * (q + kv) + 4 * (q + kv) // hs
+    ff = (2 if amp else 1) * a * BT * d + 4 * a * BT * f
+    return norms + attn + ff + (2 * BT * d if c.dropout > 0 else 0)
+
 
 def _make_optimizer(params, optimizer: str):
     import torch
@@ -318,7 +352,7 @@ def _training_step(model, opt, config, B: int, T: int, S: int, amp, keep: bool, 
     import torch
     import torch.nn.functional as F
 
-    is_gpt = isinstance(config, GPTConfig)
+    is_gpt = isinstance(config, DECODERS)
     held = []
 
     nbytes = _storage_bytes
@@ -358,10 +392,18 @@ def _training_step(model, opt, config, B: int, T: int, S: int, amp, keep: bool, 
 
 
 def _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits):
-    is_gpt = isinstance(config, GPTConfig)
+    is_gpt = isinstance(config, DECODERS)
     seq_len = seq_len or (config.block_size if is_gpt else config.max_len)
     _check(config, batch_size, seq_len, precision, optimizer)
     return seq_len, src_len or seq_len, (is_gpt if keep_logits is None else keep_logits)
+
+
+def _model_of(config):
+    from course_lib.gpt import GPT
+    from course_lib.llama import Llama
+    from course_lib.transformer import Transformer
+
+    return {GPTConfig: GPT, LlamaConfig: Llama, TransformerConfig: Transformer}[type(config)](config)
 
 
 def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_len: int | None = None,
@@ -382,9 +424,7 @@ def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
 
     import course_lib.attention as A
     import course_lib.embeddings as E
-    from course_lib.gpt import GPT
     from course_lib.training.precision import DTYPES
-    from course_lib.transformer import Transformer
 
     T, S, keep = _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits)
     amp = (torch.autocast("cpu", dtype=DTYPES[precision]) if precision != "fp32"
@@ -397,7 +437,7 @@ def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
     with (mock.patch.object(E, "_check_ids", lambda ids, vocab_size: None),
           mock.patch.object(A, "CPU_SHORT_ATTENTION", 0), FakeTensorMode()):
         with torch.device("cpu"):
-            model = GPT(config) if isinstance(config, GPTConfig) else Transformer(config)
+            model = _model_of(config)
         opt = _make_optimizer(model.parameters(), optimizer)
         step = _training_step(model, opt, config, batch_size, T, S, amp, keep, label_smoothing, "cpu")
         for p in model.parameters():  # one step on zero gradients creates the optimizer state
@@ -426,15 +466,13 @@ def measure_cuda_memory(config: GPTConfig | TransformerConfig, batch_size: int, 
 
     import torch
 
-    from course_lib.gpt import GPT
     from course_lib.training.precision import Precision, maybe_compile
-    from course_lib.transformer import Transformer
 
     T, S, keep = _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits)
     cuda = torch.device(device).type == "cuda"
     prec = Precision(precision, torch.device(device).type)
     torch.manual_seed(0)
-    model = (GPT(config) if isinstance(config, GPTConfig) else Transformer(config)).to(device)
+    model = _model_of(config).to(device)
     fused = {"fused": True} if optimizer in ("adamw", "adam") and cuda else {}
     opt = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam,
            "sgd": lambda p, **k: torch.optim.SGD(p, momentum=0.9, **k)}[optimizer](

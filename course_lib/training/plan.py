@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 from course_lib.gpt import GPTConfig
+from course_lib.llama import LlamaConfig
 from course_lib.training.memory import GiB, MemoryEstimate, count_parameters, estimate_memory
 from course_lib.training.precision import resolve_precision
 from course_lib.transformer import TransformerConfig
@@ -115,6 +116,9 @@ def training_flops(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
     if isinstance(config, GPTConfig):
         n = count_parameters(config).n_params - config.block_size * d  # the position table: a lookup
         return batch_size * seq_len * (6 * n + 12 * config.n_layers * d * seq_len)
+    if isinstance(config, LlamaConfig):  # an untied input embedding is a lookup
+        n = count_parameters(config).n_params - (0 if config.tie_embeddings else config.vocab_size * d)
+        return batch_size * seq_len * (6 * n + 12 * config.n_layers * config.n_heads * config.head_size * seq_len)
     S = src_len or seq_len
     f, Vt = config.d_ff, config.tgt_vocab_size
     enc_layer = 4 * d * d + 2 * d * f
