@@ -52,7 +52,10 @@ def training_flops(n_params: float, n_tokens: float) -> float:
     """Training compute ``6 N D`` (forward 2 N D, backward 4 N D)."""
     checks.number("n_params", n_params, 0.0, above=True)
     checks.number("n_tokens", n_tokens, 0.0)
-    return 6.0 * n_params * n_tokens
+    flops = 6.0 * n_params * n_tokens
+    if not math.isfinite(flops):
+        raise ValueError(f"6 x n_params x n_tokens overflows a float (n_params={n_params:g}, n_tokens={n_tokens:g}).")
+    return flops
 
 
 def scaling_params(model) -> int:
