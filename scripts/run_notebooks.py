@@ -6,11 +6,12 @@
 
 Each notebook runs in its own kernel with the notebooks folder as working directory,
 progress bars off and the Hugging Face hub offline unless ``--online`` is given.
-``--jobs`` notebooks run at once (on a CPU: one per core, each kernel with an equal
-share of the cores as its threads; on a GPU: one), the longest first, as timed in
-``resources/course_times.json``. Every kernel gets the same seeds and thread count
-whatever else runs beside it, so the outputs do not depend on ``--jobs``.
-With ``--inplace`` the executed notebook replaces the source, with its metadata
+``--jobs`` notebooks run at once (on a CPU: one per core; on a GPU: one), the longest
+first, as timed in ``resources/course_times.json``. Each kernel gets an equal share of
+the cores as its torch threads (``OMP_NUM_THREADS``, unless it is set already): on two
+cores, two notebooks at once with one thread each, the setting the committed outputs
+are made with (``OMP_NUM_THREADS=1``). The notebooks seed themselves, so what runs
+beside a notebook does not change its outputs. With ``--inplace`` the executed notebook replaces the source, with its metadata
 cleaned (no timings, no per-machine kernel details), which is how the committed
 notebooks are produced at the CPU scale that CI runs.
 """
@@ -96,19 +97,19 @@ def run(path: Path, timeout: int) -> nbformat.NotebookNode:
     return nb
 
 
-def slowest_cells(nb: nbformat.NotebookNode, n: int = 3) -> list[list[float]]:
-    """[cell index, seconds] of the ``n`` slowest code cells, from nbclient's timestamps."""
+def slowest_cells(nb: nbformat.NotebookNode, n: int = 3) -> dict[str, float]:
+    """{"cell N": seconds} of the ``n`` slowest code cells, from nbclient's timestamps."""
     seconds = []
     for i, cell in enumerate(nb.cells):
         stamps = cell.metadata.get("execution", {})
         if "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
             began, ended = (datetime.datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
                             for k in ("iopub.execute_input", "shell.execute_reply"))
-            seconds.append([i, round((ended - began).total_seconds(), 1)])
-    return sorted(seconds, key=lambda x: -x[1])[:n]
+            seconds.append((f"cell {i}", round((ended - began).total_seconds(), 1)))
+    return dict(sorted(seconds, key=lambda x: -x[1])[:n])
 
 
-def execute(path: Path, target: Path, timeout: int) -> tuple[float, str | None, list]:
+def execute(path: Path, target: Path, timeout: int) -> tuple[float, str | None, dict]:
     """Run one notebook and write it to ``target``; returns (seconds, error line or None,
     its slowest cells)."""
     start = time.monotonic()
@@ -116,7 +117,7 @@ def execute(path: Path, target: Path, timeout: int) -> tuple[float, str | None, 
         nb = run(path, timeout)
     except Exception as exc:  # reported by the caller, which runs the other notebooks on
         lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines() or [type(exc).__name__]
-        return time.monotonic() - start, lines[-1], []
+        return time.monotonic() - start, lines[-1], {}
     slowest = slowest_cells(nb)
     clean_metadata(nb)
     nbformat.write(nb, target)
@@ -165,10 +166,10 @@ def shown(path: Path) -> str:
 
 
 def run_all(paths: list[Path], targets: list[Path], jobs: int, timeout: int,
-            expected: dict[str, float], echo=print) -> dict[str, tuple[float, str | None, list]]:
+            expected: dict[str, float], echo=print) -> dict[str, tuple[float, str | None, dict]]:
     """Run the notebooks ``jobs`` at a time in the order given;
     returns name -> (seconds, error, slowest cells)."""
-    results: dict[str, tuple[float, str | None, list]] = {}
+    results: dict[str, tuple[float, str | None, dict]] = {}
     todo = list(zip(paths, targets))
     start = time.monotonic()
     with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -189,7 +190,7 @@ def run_all(paths: list[Path], targets: list[Path], jobs: int, timeout: int,
     return results
 
 
-def write_times(path: Path, results: dict[str, tuple[float, str | None, list]], jobs: int, wall: float) -> None:
+def write_times(path: Path, results: dict[str, tuple[float, str | None, dict]], jobs: int, wall: float) -> None:
     """The results file the README's CPU-time column is read from."""
     import torch
 

@@ -58,7 +58,7 @@ def test_two_notebooks_run_at_once_with_one_thread_each(tmp_path):
     times = json.loads((tmp_path / "times.json").read_text())
     assert set(times["notebooks"]) == {"aa", "bb"} and times["jobs"] == 2
     assert all(0 < s < 300 for s in times["notebooks"].values())
-    assert [cell for cell, _ in times["slowest_cells"]["aa"]] == [0]
+    assert list(times["slowest_cells"]["aa"]) == ["cell 0"]
 
 
 def test_longest_first_puts_unknown_notebooks_first():
@@ -76,9 +76,18 @@ def test_bad_jobs_is_an_error_line(capsys):
 
 
 def test_times_file_round_trips(tmp_path):
-    results = {"02_b": (250.04, None, [[3, 200.0]]), "01_a": (19.96, None, [])}
+    results = {"02_b": (250.04, None, {"cell 3": 200.0}), "01_a": (19.96, None, {})}
     run_notebooks.write_times(tmp_path / "t.json", results, jobs=2, wall=270.0)
     assert run_notebooks.read_times(tmp_path / "t.json") == {"01_a": 20.0, "02_b": 250.0}
-    assert json.loads((tmp_path / "t.json").read_text())["slowest_cells"]["02_b"] == [[3, 200.0]]
+    assert json.loads((tmp_path / "t.json").read_text())["slowest_cells"]["02_b"] == {"cell 3": 200.0}
     assert run_notebooks.read_times(tmp_path / "missing.json") == {}
 
+
+def test_results_file_names_exactly_the_course_notebooks():
+    record = json.loads(run_notebooks.TIMES.read_text())
+    notebooks = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert sorted(record["notebooks"]) == notebooks, (
+        f"{run_notebooks.TIMES.relative_to(ROOT)} does not time exactly the notebooks in notebooks/: "
+        "run `python benchmarks/course_times.py` to measure them all")
+    assert {"device", "cores", "jobs", "torch", "python", "date", "wall_s"} <= set(record)
+    assert all(s > 0 for s in record["notebooks"].values())
