@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -172,7 +173,8 @@ def run_all(paths: list[Path], targets: list[Path], jobs: int, timeout: int,
     results: dict[str, tuple[float, str | None, dict]] = {}
     todo = list(zip(paths, targets))
     start = time.monotonic()
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    # spawn, not fork: this process may hold torch's threads, which a fork must not copy
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         running = {}
         while todo or running:
             while todo and len(running) < jobs:
