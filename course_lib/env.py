@@ -130,6 +130,17 @@ def export_dir(name: str = "") -> Path:
     return path
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` as the course prints it: relative to the working directory (a notebook's
+    folder) when it lies under that folder or under its parent (``../exports/...``), so no
+    printed line names the folders of the machine that ran it; elsewhere the full path."""
+    path, here = Path(path).resolve(), Path.cwd().resolve()
+    for base in (here, here.parent):
+        if base != base.parent and path.is_relative_to(base):
+            return os.path.relpath(path, here)
+    return str(path)
+
+
 def progress_disabled() -> bool:
     """True when progress bars are switched off (``TQDM_DISABLE=1``, as CI sets)."""
     return os.environ.get("TQDM_DISABLE", "").lower() in {"1", "true", "yes"}
@@ -147,7 +158,8 @@ def describe() -> str:
 
 def install_source(direct_url: str | None, location: str | Path) -> str:
     """Where course_lib (the package folder ``location``) came from, read from pip's ``direct_url.json`` (PEP 610): a git
-    URL and commit, a local (editable) checkout, or a plain folder on ``sys.path``."""
+    URL and commit, a local (editable) checkout, or a plain folder on ``sys.path``. Local folders are
+    shown as ``shown_path`` shows them (``..`` from a notebook of this repository)."""
     import json
 
     if direct_url:
@@ -161,10 +173,10 @@ def install_source(direct_url: str | None, location: str | Path) -> str:
             commit = vcs.get("commit_id", "")[:10]
             return f"git+{url}" + (f" @ {commit}" if commit else "") + " (pip install)"
         if (info.get("dir_info") or {}).get("editable"):
-            return f"{url.removeprefix('file://')} (editable install)"
+            return f"{shown_path(url.removeprefix('file://'))} (editable install)"
         if url:
             return f"{url} (pip install)"
-    return f"{Path(location).resolve().parent} (a folder on sys.path, not installed)"
+    return f"{shown_path(Path(location).resolve().parent)} (a folder on sys.path, not installed)"
 
 
 def setup_report() -> str:

@@ -26,8 +26,8 @@ def save_figure(fig, path: str | Path, formats: Sequence[str] = FORMATS, dpi: in
                 quiet: bool = False) -> list[Path]:
     """Save ``fig`` to ``path`` with each suffix in ``formats``; returns the paths written.
 
-    Prints one line with the full path of what it wrote (``saved /abs/dir/name.{png,svg,pdf}``)
-    unless ``quiet``. Output is deterministic: the same figure gives the same bytes in every run.
+    Prints one line saying what it wrote (``saved exports/nb/name.{png,svg,pdf}``, relative to
+    the working directory as ``env.shown_path`` shows it) unless ``quiet``. Output is deterministic: the same figure gives the same bytes in every run.
     """
     path = Path(path)
     for fmt in formats:
@@ -46,18 +46,36 @@ def save_figure(fig, path: str | Path, formats: Sequence[str] = FORMATS, dpi: in
 
 
 def describe_files(paths: Sequence[str | Path]) -> str:
-    """Paths that share a folder and a stem, written compactly: ``/abs/dir/name.{png,svg}``."""
+    """Paths that share a folder and a stem, written compactly: ``exports/nb/name.{png,svg}``
+    (each path as ``env.shown_path`` shows it)."""
+    from course_lib.env import shown_path
+
     paths = [Path(p).resolve() for p in paths]
     stems = {p.with_suffix("") for p in paths}
     if len(stems) == 1 and len(paths) > 1:
-        return f"{next(iter(stems))}.{{{','.join(p.suffix[1:] for p in paths)}}}"
-    return " ".join(str(p) for p in paths)
+        return f"{shown_path(next(iter(stems)))}.{{{','.join(p.suffix[1:] for p in paths)}}}"
+    return " ".join(shown_path(p) for p in paths)
 
 
 def _to_numpy(x) -> np.ndarray:
     if torch.is_tensor(x):
         x = x.detach().float().cpu().numpy()
     return np.asarray(x)
+
+
+def table(matrix, rows: Sequence[str], cols: Sequence[str], decimals: int = 2):
+    """A 2-D tensor (or array) as a pandas DataFrame labelled with ``rows`` and ``cols``
+    (tokens, heads), its floats rounded to ``decimals`` places for reading; the notebooks
+    show small matrices this way."""
+    import pandas as pd
+
+    m = matrix.detach().cpu().numpy() if torch.is_tensor(matrix) else np.asarray(matrix)  # dtype kept
+    if m.ndim != 2:
+        raise ValueError(f"table needs a 2-D matrix, got shape {m.shape}; select one head/row block.")
+    if (len(rows), len(cols)) != m.shape:
+        raise ValueError(f"table got {len(rows)} row and {len(cols)} column labels for a matrix of "
+                         f"shape {m.shape}; pass one label per row and per column.")
+    return pd.DataFrame(m.round(decimals) if m.dtype.kind == "f" else m, index=list(rows), columns=list(cols))
 
 
 def heatmap(
@@ -288,11 +306,11 @@ def zip_folder(folder: str | Path, target: str | Path) -> Path:
 def download_exports(name: str = "", quiet: bool = False) -> Path:
     """Take a notebook's plots home: zip its exports folder (``export_dir(name)``) into
     ``<exports>/<name>.zip`` and, in Colab, start the browser's download of the zip;
-    elsewhere print its full path. Returns the zip's path.
+    elsewhere print where it is (as ``env.shown_path`` shows it). Returns the zip's path.
 
     ``name`` is the notebook's folder (``"07_encoder_decoder"``); ``""`` zips every export.
     """
-    from course_lib.env import export_dir, in_colab
+    from course_lib.env import export_dir, in_colab, shown_path
 
     folder = export_dir(name)
     zip_name = f"{name or folder.resolve().name}.zip"
@@ -300,12 +318,12 @@ def download_exports(name: str = "", quiet: bool = False) -> Path:
     n = sum(1 for p in folder.rglob("*") if p.is_file() and p.resolve() != target.resolve())
     if n == 0:
         raise FileNotFoundError(
-            f"{folder.resolve()} holds no exported files yet; run the notebook's plotting cells "
+            f"{shown_path(folder)} holds no exported files yet; run the notebook's plotting cells "
             "first (or check COURSE_EXPORT_DIR)."
         )
     zip_folder(folder, target)
     if not quiet:
-        print(f"zipped {n} files -> {target.resolve()}")
+        print(f"zipped {n} files -> {shown_path(target)}")
     if in_colab():
         from google.colab import files  # only importable in Colab
 

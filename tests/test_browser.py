@@ -276,13 +276,15 @@ def save_and_read(page, lab: Lab, name: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-SAVED = re.compile(r"saved (/\S+?)(?:\.\{([a-z,]+)\}|\.(png|svg|pdf))(?=\s|$)")
+SAVED = re.compile(r"saved (\S+?)(?:\.\{([a-z,]+)\}|\.(png|svg|pdf))(?=\s|$)")
 
 
-def saved_files(text: str) -> list[Path]:
+def saved_files(text: str, base: Path) -> list[Path]:
+    """The files of each ``saved PATH`` line; a relative PATH is read from ``base``, the
+    notebook's folder (where the kernel runs)."""
     files = []
     for stem, many, one in SAVED.findall(text):
-        files += [Path(f"{stem}.{ext}") for ext in (many.split(",") if many else [one])]
+        files += [Path(os.path.normpath(base / f"{stem}.{ext}")) for ext in (many.split(",") if many else [one])]
     return files
 
 
@@ -297,7 +299,7 @@ def check_learner_view(page, lab: Lab, name: str, state: dict, plot_marker: str)
     assert plot_cells, f"{name}: no cell contains {plot_marker!r}"
     assert all(c["images"] >= 1 for c in plot_cells), f"{name}: the {plot_marker} plot is not in the page"
     # every export printed names files that exist, where the notebook said
-    printed = saved_files("\n".join(c["text"] for c in cells))
+    printed = saved_files("\n".join(c["text"] for c in cells), lab.work)
     assert printed, f"{name}: no cell printed where it saved its plots"
     missing = [p for p in printed if not (p.is_file() and p.stat().st_size > 0)]
     assert not missing, f"{name}: printed but not written: {missing}"
@@ -318,16 +320,16 @@ def check_learner_view(page, lab: Lab, name: str, state: dict, plot_marker: str)
     return {"printed": printed, "screenshot": shot}
 
 
-ZIPPED = re.compile(r"zipped (\d+) files -> (/\S+\.zip)")
+ZIPPED = re.compile(r"zipped (\d+) files -> (\S+\.zip)")
 
 
-def check_download(state: dict, plot_name: str) -> None:
+def check_download(state: dict, plot_name: str, base: Path) -> None:
     """download_exports printed where its zip is; the zip holds the plot."""
     import zipfile
 
     found = ZIPPED.findall("\n".join(c["text"] for c in state["cells"]))
     assert len(found) == 1, "no 'zipped N files -> PATH' line"
-    n, path = int(found[0][0]), Path(found[0][1])
+    n, path = int(found[0][0]), base / found[0][1]
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
     assert len(names) == n and any(name.endswith(f"/{plot_name}.png") for name in names)
@@ -343,7 +345,7 @@ def test_05_masking_in_jupyterlab(lab, page):
 def test_07_encoder_decoder_in_jupyterlab(lab, page):
     state, seconds = run_all(page, lab, "07_encoder_decoder.ipynb", timeout_s=900)
     check_learner_view(page, lab, "07_encoder_decoder.ipynb", state, 'EXPORT / "cross_attention"')
-    check_download(state, "cross_attention")
+    check_download(state, "cross_attention", lab.work)
     trained = [c["text"] for c in state["cells"] if "history = train(" in c["source"]]
     steps = 3000 if BROWSER_STEPS == "full" else int(BROWSER_STEPS)
     assert trained and f"{steps} steps" in trained[0], trained  # COURSE_STEPS reached the kernel
@@ -393,8 +395,9 @@ def test_a_failing_cell_is_caught(lab, page, tmp_path):
 
 
 def test_saved_lines_are_read_as_files():
-    text = "saved /a/b/c.{png,svg,pdf}\nsaved /x/y.png\nsaved names_only.png names_only.svg\n"
-    assert saved_files(text) == [Path("/a/b/c.png"), Path("/a/b/c.svg"), Path("/a/b/c.pdf"), Path("/x/y.png")]
+    text = "saved ../exports/b/c.{png,svg,pdf}\nsaved /x/y.png\nsaved names_only\n"
+    assert saved_files(text, Path("/a/work")) == [
+        Path("/a/exports/b/c.png"), Path("/a/exports/b/c.svg"), Path("/a/exports/b/c.pdf"), Path("/x/y.png")]
 
 
 DEMO_PAGE = '''import torch

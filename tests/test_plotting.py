@@ -10,6 +10,7 @@ import zipfile
 
 import matplotlib
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 import torch
 
@@ -23,6 +24,7 @@ from course_lib.plotting import (
     save_figure,
     scatter_2d,
     stacked_bars,
+    table,
     zip_folder,
 )
 
@@ -130,15 +132,16 @@ def test_annotations_contrast_ignores_masked_minus_inf():
 # ---------------------------------------------------------------- saving tells where
 
 
-def test_save_figure_prints_the_full_path_once(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_save_figure_prints_where_relative_to_the_notebook_once(tmp_path, capsys, monkeypatch):
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
     fig = heatmap(torch.eye(2))
-    written = save_figure(fig, "exports/nb/eye")
+    written = save_figure(fig, tmp_path / "notebooks" / "exports" / "nb" / "eye")
     out = capsys.readouterr().out
-    assert out == f"saved {tmp_path.resolve()}/exports/nb/eye.{{png,svg,pdf}}\n"
+    assert out == "saved exports/nb/eye.{png,svg,pdf}\n"  # no folder of this machine in the output
     assert all(p.exists() for p in written)
-    save_figure(fig, "exports/nb/one", formats=("png",))
-    assert capsys.readouterr().out == f"saved {tmp_path.resolve()}/exports/nb/one.png\n"
+    save_figure(fig, "../exports/nb/one", formats=("png",))  # beside the notebooks folder
+    assert capsys.readouterr().out == "saved ../exports/nb/one.png\n"
     save_figure(fig, "exports/nb/quiet", quiet=True)
     assert capsys.readouterr().out == ""
     plt.close(fig)
@@ -222,11 +225,12 @@ def _make_exports(root):
 
 
 def test_download_exports_zips_deterministically(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COURSE_EXPORT_DIR", str(tmp_path / "exports"))
     _make_exports(tmp_path / "exports")
     path = download_exports("nb")
     assert path == tmp_path / "exports" / "nb.zip"
-    assert capsys.readouterr().out == f"zipped 2 files -> {path.resolve()}\n"
+    assert capsys.readouterr().out == "zipped 2 files -> exports/nb.zip\n"
     with zipfile.ZipFile(path) as zf:
         assert zf.namelist() == ["nb/a.png", "nb/sub/b.svg"]
         assert zf.read("nb/sub/b.svg") == b"<svg/>"
@@ -283,3 +287,22 @@ def test_commands_loss_plot_is_written_and_closed(tmp_path):
     save_loss_plot(state, "a run", tmp_path / "loss")
     assert (tmp_path / "loss.png").stat().st_size > 0
     assert set(plt.get_fignums()) == before
+
+
+# ---------------------------------------------------------------- small matrices as tables
+
+
+def test_table_labels_and_rounds_like_pandas():
+    t = torch.tensor([[0.123456, 1.0], [2.5, -0.005001]])
+    df = table(t, ["a", "b"], ["x", "y"])
+    by_hand = pd.DataFrame([[0.12, 1.0], [2.5, -0.01]], index=["a", "b"], columns=["x", "y"], dtype="float32")
+    pd.testing.assert_frame_equal(df, by_hand)
+    assert table(t, ["a", "b"], ["x", "y"], decimals=4).loc["a", "x"] == pytest.approx(0.1235, abs=1e-6)
+    # integers and booleans (masks, token ids) are shown as they are
+    mask = torch.tensor([[True, False], [True, True]])
+    assert table(mask, ["a", "b"], ["x", "y"]).to_numpy().tolist() == [[True, False], [True, True]]
+    assert table(torch.arange(4).view(2, 2), ["a", "b"], ["x", "y"]).loc["b", "y"] == 3
+    with pytest.raises(ValueError, match="2 row and 3 column labels for a matrix of shape"):
+        table(t, ["a", "b"], ["x", "y", "z"])
+    with pytest.raises(ValueError, match="2-D"):
+        table(torch.zeros(2, 2, 2), ["a", "b"], ["x", "y"])

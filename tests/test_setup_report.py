@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib.env import install_source, setup_report, train_steps
+from course_lib.env import install_source, setup_report, shown_path, train_steps
 
 
 def test_install_source_reads_pips_record():
@@ -28,9 +28,26 @@ def test_setup_report_names_this_copy_torch_and_the_device(monkeypatch):
     import course_lib
 
     assert lines[0].startswith(f"course_lib {course_lib.__version__} from ")
-    # the copy imported here (a checkout on sys.path or the editable install of this folder)
-    assert str(Path(course_lib.__file__).resolve().parent.parent) in lines[0]
+    # the copy imported here (a checkout on sys.path or the editable install of this folder),
+    # named relative to the working directory: no folder of this machine in a notebook's output
+    repo = Path(course_lib.__file__).resolve().parent.parent
+    where = lines[0].removeprefix(f"course_lib {course_lib.__version__} from ").split(" (")[0]
+    assert where == shown_path(repo) and (Path.cwd() / where).resolve() == repo
     assert lines[1].startswith(f"torch {torch.__version__} | device cpu") and lines[1].endswith("scale small")
+
+
+def test_shown_path_is_relative_under_the_working_folder_and_its_parent(tmp_path, monkeypatch):
+    (tmp_path / "repo" / "notebooks").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo" / "notebooks")
+    assert shown_path(tmp_path / "repo" / "notebooks" / "exports" / "a.png") == "exports/a.png"
+    assert shown_path("exports/a.png") == "exports/a.png"
+    assert shown_path(tmp_path / "repo") == ".."
+    assert shown_path(tmp_path / "repo" / "exports" / "plots") == "../exports/plots"
+    assert shown_path(tmp_path / "elsewhere") == str((tmp_path / "elsewhere").resolve())  # two levels up: in full
+    monkeypatch.chdir(tmp_path / "repo")
+    assert shown_path(tmp_path / "repo" / "notebooks") == "notebooks"
+    outside = Path("/").resolve() / "no-such-folder" / "x"
+    assert shown_path(outside) == str(outside)  # neither under the working folder nor its parent
 
 
 def test_train_steps_follows_course_steps(monkeypatch):
