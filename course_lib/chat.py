@@ -99,6 +99,18 @@ class ChatSession:
     def reset(self) -> None:
         self.messages = []
 
+    def check_text(self, text: str) -> None:
+        """A clear error for a message this model's tokenizer cannot read."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("the message is empty; write some text.")
+        check_messages([{"role": "user", "content": text}])
+        try:
+            self.tokenizer.encode(text)
+        except ValueError as exc:
+            known = "".join(sorted(t for t in getattr(self.tokenizer, "stoi", {}) if len(t) == 1 and t.isprintable()))
+            hint = f"; it reads only these characters: {known!r}" if known else ""
+            raise ValueError(f"this model cannot read the message ({str(exc).split(';')[0]}){hint}.") from None
+
     def _context(self) -> list[int]:
         room = self.model.config.block_size - self.max_new_tokens
         for first in range(0, len(self.messages), 2):  # drop whole (user, assistant) turns
@@ -114,6 +126,7 @@ class ChatSession:
         a time; the finished reply joins the conversation."""
         from course_lib.generate import next_token_probs
 
+        self.check_text(text)
         self.messages.append({"role": "user", "content": text})
         try:
             ids = self._context()
@@ -210,6 +223,11 @@ def command(argv=None) -> int:
             return 0
         if text == "/reset":
             session.reset()
+            continue
+        try:
+            session.check_text(text)
+        except ValueError as exc:
+            print(f"error: {exc} (message skipped)", file=sys.stderr, flush=True)
             continue
         print("model> ", end="", flush=True)
         for piece in session.send(text):

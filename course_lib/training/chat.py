@@ -22,7 +22,12 @@ import torch
 
 from course_lib import align
 from course_lib.chat import SPECIAL_TOKENS, generate_replies
-from course_lib.checkpoint import atomic_write_text, integer_problems, number_problems, save_checkpoint
+from course_lib.checkpoint import (
+    atomic_write_text,
+    integer_problems,
+    number_problems,
+    save_checkpoint,
+)
 from course_lib.data import instructions as data
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.tokenizer import CharTokenizer
