@@ -182,8 +182,11 @@ def build_parser() -> Parser:
     p.add_argument("--out", default="runs/chat", help="run folder to write")
     p.add_argument("--scale", choices=sorted(SCALES), default=None,
                    help="model size and steps (default: full on a CUDA GPU, small elsewhere)")
-    for name in ("base_steps", "sft_steps", "dpo_steps", "seed"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"{name} (default: by --scale)")
+    for name, what in (("base_steps", "pretraining"), ("sft_steps", "SFT"), ("dpo_steps", "DPO")):
+        sizes = ", ".join(f"{SCALES[s][name]} {s}" for s in sorted(SCALES, reverse=True))
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                       help=f"optimizer steps of {what} (default: by --scale: {sizes})")
+    p.add_argument("--seed", type=int, default=ChatTrainConfig.seed, help="seed of the weights and the data")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best found)")
     return p
 
