@@ -77,8 +77,9 @@ class ChatSession:
     """A conversation with ``model``: ``send(text)`` streams the reply's text piece by piece.
 
     Sampling: ``temperature`` 0 is greedy; otherwise top-k sampling with ``seed``. A reply
-    stops at the end token (or another special token) or after ``max_new_tokens``. When the conversation outgrows the
-    model's context, its oldest turns are left out of what the model reads."""
+    stops at the end token (or another special token), after ``max_new_tokens``, or when the
+    context is full. When the conversation outgrows the model's context, its oldest turns are
+    left out of what the model reads."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_k: int | None = None, seed: int = 0):
@@ -112,13 +113,17 @@ class ChatSession:
             raise ValueError(f"this model cannot read the message ({str(exc).split(';')[0]}){hint}.") from None
 
     def _context(self) -> list[int]:
-        room = self.model.config.block_size - self.max_new_tokens
+        """The ids the model reads: the latest whole turns that leave room for a reply of
+        ``max_new_tokens``; the last message alone may leave less (the reply then stops when
+        the context is full)."""
+        block = self.model.config.block_size
         for first in range(0, len(self.messages), 2):  # drop whole (user, assistant) turns
             ids = prompt_ids(self.tokenizer, self.messages[first:])
-            if len(ids) <= room:
+            last = first == len(self.messages) - 1
+            if len(ids) + self.max_new_tokens <= block or (last and len(ids) < block):
                 return ids
-        raise ValueError(f"the message is too long for the model's context of {self.model.config.block_size} "
-                         f"tokens ({len(ids)} tokens with the template); write a shorter one.")
+        raise ValueError(f"the message is too long: {len(ids)} tokens with the template, and the model's "
+                         f"context is {block}; write a shorter one.")
 
     @torch.no_grad()
     def send(self, text: str) -> Iterator[str]:
@@ -138,7 +143,7 @@ class ChatSession:
         caches = model.new_caches()
         step_input = torch.tensor([ids], device=device)
         reply: list[int] = []
-        for _ in range(self.max_new_tokens):
+        for _ in range(min(self.max_new_tokens, self.model.config.block_size - len(ids))):
             logits, _ = model(step_input, caches=caches)
             probs = next_token_probs(logits[:, -1], self.temperature, self.top_k)
             nxt = int(probs.argmax(-1)) if self.temperature == 0 else int(torch.multinomial(

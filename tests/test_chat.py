@@ -313,3 +313,20 @@ def test_train_chat_command_rejects_bad_settings(tmp_path):
                         (["--base-steps", "-1", "--out", tmp_path / "x"], "base_steps=-1")):
         out = course("train", "chat", *args)
         assert out.returncode == 2 and match in out.stderr, out.stderr
+
+
+def test_session_keeps_the_latest_turns_that_fit_the_context():
+    model = tiny_gpt()  # a context of 160 tokens
+    session = ChatSession(model, TOK, max_new_tokens=20)
+    for k in range(12):
+        session.reply(f"add: {k}+1")
+    assert len(session.messages) == 24
+    session.messages.append({"role": "user", "content": "count: cat dog"})
+    ids = session._context()
+    assert len(ids) + 20 <= 160 and len(ids) > 160 - 20 - 30  # dropped whole turns, kept as many as fit
+    assert TOK.decode(ids).endswith("<|user|>count: cat dog<|end|><|assistant|>")
+    session.reset()
+    long = " ".join(["cat"] * 36)  # 143 characters: a reply has 160 - 147 = 13 tokens of room
+    assert len(session.reply("count: " + long)) <= 13
+    with pytest.raises(ValueError, match="too long"):
+        session.reply("count: " + " ".join(["cat"] * 40))
