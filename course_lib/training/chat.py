@@ -34,10 +34,10 @@ from course_lib.tokenizer import CharTokenizer
 from course_lib.training.core import Parser, RunFolder, cosine_lr, log
 from course_lib.training.loop import fit
 
-SCALES = {  # model (GPTConfig fields) and steps of each stage
+SCALES = {  # model (GPTConfig fields), steps of each stage, amounts of data
     "small": dict(n_layers=3, n_heads=4, d_model=96, batch_size=16, base_steps=400, sft_steps=200, dpo_steps=30),
     "full": dict(n_layers=6, n_heads=8, d_model=256, batch_size=64, base_steps=3000, sft_steps=1000,
-                 dpo_steps=100),
+                 dpo_steps=100, n_train=20000, n_pairs=2048, n_test=400),
 }
 
 
