@@ -5,6 +5,8 @@
     python -m course_lib generate RUN "ROMEO:"  # sample text from a GPT run
     python -m course_lib translate RUN "the man sees the dog ."
     python -m course_lib export-attention RUN "text" [--target "..."] --out FOLDER
+    python -m course_lib train chat --out runs/chat  # base GPT, SFT, DPO (notebook 14)
+    python -m course_lib chat RUN                # talk to a chat model, a message per line
 
 A run folder (``--out`` of the training commands) holds ``checkpoint.safetensors``,
 ``config.json`` and ``tokenizer.json``; every command that reads a run takes the folder
@@ -22,7 +24,7 @@ import torch
 
 from course_lib.training.core import Parser, UsageError, run_command
 
-COMMANDS = ("train", "generate", "translate", "export-attention")
+COMMANDS = ("train", "generate", "translate", "export-attention", "chat")
 
 
 def _device(args):
@@ -136,13 +138,13 @@ def export_attention_command(argv=None) -> int:
 
 def train_command(argv=None) -> int:
     """``python -m course_lib train gpt|translate ...``."""
-    from course_lib.training import gpt, translation
+    from course_lib.training import chat, gpt, translation
 
-    tasks = {"gpt": gpt.command, "translate": translation.command}
+    tasks = {"gpt": gpt.command, "translate": translation.command, "chat": chat.command}
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in tasks:
         if argv and argv[0] in ("-h", "--help"):
-            print("usage: python -m course_lib train {gpt,translate} [--help] ...")
+            print("usage: python -m course_lib train {gpt,translate,chat} [--help] ...")
             return 0
         raise UsageError(f"name what to train first: python -m course_lib train {{{','.join(tasks)}}} ...")
     return tasks[argv[0]](argv[1:])
@@ -150,6 +152,15 @@ def train_command(argv=None) -> int:
 
 HANDLERS = {"train": train_command, "generate": generate_command, "translate": translate_command,
             "export-attention": export_attention_command}
+
+
+def chat_command(argv=None) -> int:
+    from course_lib.chat import command
+
+    return command(argv)
+
+
+HANDLERS["chat"] = chat_command
 
 
 def main(argv=None) -> int:

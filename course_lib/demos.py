@@ -4,6 +4,8 @@
   translation (greedy or beam search) and the decoder's cross-attention over the source.
 - ``sampling_demo(model, tokenizer)``: a prompt box and sliders for temperature, top-k and
   top-p; shows the next-token distribution before and after it is reshaped, and a sample.
+- ``chat_demo(model, tokenizer)``: a message box; the chat model's reply streams in below,
+  the conversation kept (``course_lib.chat.ChatSession``).
 
 Each demo has two faces. Where a front end draws widgets (JupyterLab, Jupyter Notebook 7,
 VS Code, Colab) it shows the controls and redraws on every change. Where none does (nbval,
@@ -357,3 +359,54 @@ def sampling_demo(model, tokenizer, prompt: str = "The ", temperature: float = 1
     demo.ui = w.VBox([box, w.HBox([t, k, p]), out])
     _show(demo.ui)
     return demo
+
+
+def chat_demo(model, tokenizer, messages=("reverse: cat dog sun",), max_new_tokens: int = 48,
+              interactive: bool | None = None):
+    """A message box and the conversation below it; each reply streams in token by token.
+
+    Without a widget front end: sends ``messages`` one after the other and prints the
+    conversation (greedy: the same every run). With one: shows the box (Enter or "send"),
+    a "new conversation" button, and the conversation (CSS class ``course-chat-log``).
+    Returns the ``ChatSession``."""
+    from course_lib.chat import ChatSession
+
+    session = ChatSession(model, tokenizer, max_new_tokens=max_new_tokens)
+    if not _interactive(interactive):
+        for text in messages:
+            print(f"you> {text}\nmodel> {session.reply(text)}")
+        return session
+    import ipywidgets as w
+
+    box = w.Text(placeholder="reverse: cat dog sun", description="you", continuous_update=False,
+                 layout=w.Layout(width="30em"))
+    box.add_class("course-chat-input")
+    send, reset = w.Button(description="send"), w.Button(description="new conversation")
+    log = w.Output()
+    log.add_class("course-chat-log")
+
+    def on_send(_=None):
+        text = box.value.strip()
+        if not text:  # also the event of clearing the box below
+            return
+        box.value = ""
+        with log:
+            try:
+                session.check_text(text)
+            except ValueError as exc:
+                print(f"error: {exc}")
+                return
+            print(f"you> {text}\nmodel> ", end="")
+            for piece in session.send(text):
+                print(piece, end="", flush=True)
+            print()
+
+    def on_reset(_=None):
+        session.reset()
+        log.clear_output()
+
+    box.observe(on_send, names="value")  # Enter (or leaving the box) sends
+    send.on_click(on_send)
+    reset.on_click(on_reset)
+    _show(w.VBox([w.HBox([box, send, reset]), log]))
+    return session

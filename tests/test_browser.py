@@ -1,7 +1,8 @@
 """The learner's path, in a real browser: JupyterLab started on 127.0.0.1 by the test,
 driven by Playwright in Debian's Chromium.
 
-For notebooks 05 (masking) and 07 (the encoder-decoder, at its CPU scale, trained for
+For notebooks 05 (masking), 14 (the chat model, at its CPU scale) and 07 (the
+encoder-decoder, at its CPU scale, trained for
 200 steps instead of 3,000 through ``COURSE_STEPS``; ``COURSE_BROWSER_STEPS=full`` runs it
 as is, about 110 s more on two quiet cores) the test opens a
 copy of the notebook (outputs cleared, so everything seen comes from this run), clicks
@@ -11,7 +12,8 @@ kernel is idle, and then checks what a learner sees:
 - no cell shows an error (in the page, and in the notebook saved from the page);
 - the masked-attention plot (05) and the cross-attention plot (07) are images in the page;
 - every ``saved /path/...`` line the notebook printed names files that exist;
-- a screenshot of the notebook's first plot lands in ``exports/browser/NN_name.png``.
+- a screenshot of the notebook's first plot lands in ``exports/browser/NN_name.png``;
+- in 14, a message typed into the chat box (Enter) gets a reply in the conversation below it.
 
 A third test opens a small page of its own with ``course_lib.demos.sampling_demo`` on a tiny
 untrained GPT, moves the temperature slider with the keyboard and sees the plot change.
@@ -369,6 +371,33 @@ def test_07_encoder_decoder_in_jupyterlab(lab, page):
     demo.locator(".jp-OutputArea").first.screenshot(path=str(SCREENSHOTS / "translation_demo.png"))
     shut_down_kernels(lab)
     print(f"07_encoder_decoder: Restart Kernel and Run All Cells took {seconds:.1f} s")
+
+
+def test_14_chat_in_jupyterlab(lab, page):
+    """Notebook 14 runs at its CPU scale; then a message typed into its chat box (Enter) gets
+    a reply streamed into the conversation below it."""
+    name = "14_chat_model.ipynb"
+    state, seconds = run_all(page, lab, name, timeout_s=900)
+    check_learner_view(page, lab, name, state, 'EXPORT / "dpo_reward_margin"')
+    chat = page.locator(f"{PANEL} .jp-Cell.jp-CodeCell").filter(has=page.locator(".course-chat-input"))
+    assert chat.count() == 1, "14's chat did not come up as a widget in JupyterLab"
+    box = chat.locator(".course-chat-input input").first
+    box.fill("count: cat dog sun")
+    box.press("Enter")
+    replied = r"""(sel) => {
+      const log = document.querySelector(sel);
+      return !!log && /you> count: cat dog sun\s*model> \S/.test(log.textContent);
+    }"""
+    log_sel = f"{PANEL} .course-chat-log"
+    page.wait_for_function(replied, arg=log_sel, timeout=60_000)
+    wait_for(page, kernel_idle, 60, "the reply to finish")
+    text = chat.locator(".course-chat-log").first.inner_text()
+    assert re.search(r"you> count: cat dog sun\s*model> \S", text), text
+    assert box.input_value() == "", "the message box was not cleared after sending"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    chat.locator(".jp-OutputArea").first.screenshot(path=str(SCREENSHOTS / "chat_demo.png"))
+    shut_down_kernels(lab)
+    print(f"14_chat_model: Restart Kernel and Run All Cells took {seconds:.1f} s; the chat replied: {text!r}")
 
 
 def _notebook(sources: list[str]) -> dict:

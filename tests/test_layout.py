@@ -106,7 +106,7 @@ def test_both_training_commands_accept_the_same_flags_for_the_same_settings():
 
 
 @pytest.mark.parametrize("command", [["train", "gpt"], ["train", "translate"], ["generate"], ["translate"],
-                                     ["export-attention"]])
+                                     ["export-attention"], ["train", "chat"], ["chat"]])
 def test_help_lists_every_flag_with_its_default(command, capsys):
     from course_lib.cli import main
 
