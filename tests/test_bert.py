@@ -186,7 +186,7 @@ def test_mask_tokens_is_reproducible_and_checks_its_input():
     ids = torch.randint(4, V, (4, 10))
     a = mask_tokens(ids, MASK, V, SPECIAL, generator=torch.Generator().manual_seed(5))
     b = mask_tokens(ids, MASK, V, SPECIAL, generator=torch.Generator().manual_seed(5))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     with pytest.raises(TypeError, match="long"):
         mask_tokens(ids.int(), MASK, V, SPECIAL)
     with pytest.raises(ValueError, match="prob"):

@@ -225,5 +225,5 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient():
     for micro in range(4):
         rows = data[2 * micro:2 * micro + 2]
         prec.backward(model(rows[:, :-1], rows[:, 1:])[1] / 4)
-    for w, p in zip(whole, model.parameters()):
+    for w, p in zip(whole, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, w, rtol=1e-5, atol=1e-6)
