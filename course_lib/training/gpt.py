@@ -47,8 +47,6 @@ from course_lib.training.core import (
 )
 from course_lib.training.precision import choose_precision, compile_model
 
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12}
-
 
 @dataclass
 class GPTTrainConfig(TrainConfig):
@@ -126,10 +124,9 @@ def lr_at(step: int, cfg: GPTTrainConfig) -> float:
 
 def estimate_mfu(flops_per_token: float, tokens_per_s: float, device: torch.device) -> float | None:
     """Model FLOPs utilisation: achieved FLOP/s over the GPU's bf16 peak (None if unknown)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    from course_lib.training.plan import peak_flops  # the one GPU table
+
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     return None if peak is None else flops_per_token * tokens_per_s / peak
 
 
