@@ -146,3 +146,44 @@ def test_old_run_folders_still_load(tmp_path):
     loaded = load_trained(tmp_path)
     x = torch.randint(0, 10, (1, 8))
     torch.testing.assert_close(loaded.model(x)[0], model.eval()(x)[0])
+
+
+def test_one_ignore_index_for_every_loss():
+    """GPT, translation and BERT losses skip the positions labelled ``IGNORE_INDEX`` (and
+    only those); no loss in the library names another ignore index."""
+    import re
+
+    import torch
+
+    from course_lib.bert import mask_tokens, mlm_loss
+    from course_lib.gpt import GPT, GPTConfig
+    from course_lib.losses import IGNORE_INDEX
+    from course_lib.training.translation import batch_loss
+    from course_lib.transformer import Transformer, TransformerConfig
+
+    def kept_mean(logits, target):  # the mean of -log p over the labelled positions, by hand
+        logp = logits.float().log_softmax(-1).flatten(0, 1)
+        keep = target.flatten() != IGNORE_INDEX
+        return -logp[keep].gather(1, target.flatten()[keep][:, None]).mean()
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=11, block_size=8, n_layers=1, n_heads=2, d_model=8)).eval()
+    x, y = torch.randint(0, 11, (2, 8)), torch.randint(0, 11, (2, 8))
+    y[0, :5] = IGNORE_INDEX
+    logits, loss = gpt(x, y)
+    torch.testing.assert_close(loss, kept_mean(logits, y))
+    mt = Transformer(TransformerConfig(src_vocab_size=11, tgt_vocab_size=11, d_model=8, n_heads=2, n_layers=1,
+                                       d_ff=8, dropout=0.0)).eval()
+    src, tgt = torch.randint(1, 11, (2, 5)), torch.randint(1, 11, (2, 7))
+    tgt[1, 4:] = mt.config.pad_id  # padding: not predicted
+    target = tgt[:, 1:].masked_fill(tgt[:, 1:] == mt.config.pad_id, IGNORE_INDEX)
+    torch.testing.assert_close(batch_loss(mt, src, tgt), kept_mean(mt(src, tgt[:, :-1]), target))
+    ids = torch.randint(4, 11, (2, 9))
+    _, labels = mask_tokens(ids, 3, 11, (0, 1, 2, 3), generator=torch.Generator().manual_seed(0))
+    assert (labels == IGNORE_INDEX).any() and (labels != IGNORE_INDEX).any()
+    scores = torch.randn(2, 9, 11)
+    torch.testing.assert_close(mlm_loss(scores, labels), kept_mean(scores, labels))
+    named = {str(p.relative_to(ROOT)): m for p in (ROOT / "course_lib").rglob("*.py")
+             for m in re.findall(r"ignore_index=([^,)\s]+)", p.read_text(encoding="utf-8"))}
+    assert named and set(named.values()) == {"IGNORE_INDEX"}, named
+    assert IGNORE_INDEX == -100  # F.cross_entropy's default: a loss without ignore_index skips them too

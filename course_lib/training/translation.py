@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from course_lib import scaleout as D
 from course_lib.checkpoint import integer_problems, number_problems
 from course_lib.env import get_device
+from course_lib.losses import IGNORE_INDEX
 from course_lib.tokenizer import SPECIALS, BPETokenizer, WordTokenizer, special_ids
 from course_lib.training.core import (
     Parser,
@@ -186,7 +187,8 @@ def batch_loss(model, src, tgt, label_smoothing: float = 0.0, precision=None) ->
     with precision.autocast() if precision is not None else nullcontext():
         logits = model(src, tgt[:, :-1])
     wide = logits if logits.dtype == torch.float64 else logits.float()  # float32 at least
-    return F.cross_entropy(wide.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=model.config.pad_id,
+    target = tgt[:, 1:].masked_fill(tgt[:, 1:] == model.config.pad_id, IGNORE_INDEX)
+    return F.cross_entropy(wide.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX,
                            label_smoothing=label_smoothing)
 
 
