@@ -2,6 +2,7 @@
 training commands speak one vocabulary (the same flag for the same setting)."""
 
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,35 @@ def test_one_ignore_index_for_every_loss():
              for m in re.findall(r"ignore_index=([^,)\s]+)", p.read_text(encoding="utf-8"))}
     assert named and set(named.values()) == {"IGNORE_INDEX"}, named
     assert IGNORE_INDEX == -100  # F.cross_entropy's default: a loss without ignore_index skips them too
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["translate", "--tokenizer", "sentencepiece"], "--tokenizer: invalid choice"),
+    (["translate", "--config", "{config}"], r"tokenizer='sentencepiece' must be 'word' or 'bpe'"),
+    (["translate", "--n-heads", "3"], "not divisible by n_heads=3"),
+    (["gpt", "--n-heads", "5"], "not divisible by n_heads=5"),
+    (["gpt", "--config", "{config}"], r"tokenizer='sentencepiece' must be 'char' or 'gpt2'"),
+])
+def test_settings_are_checked_before_any_data_loads(argv, match, tmp_path, monkeypatch, capsys):
+    """A mistake in a training or model setting, from a flag or a --config file, is one error
+    before the data is read (the loaders here fail if they are reached)."""
+    import json
+
+    import course_lib.data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the settings were checked")
+
+    monkeypatch.setattr(course_lib.data, "load_text", no_data)
+    monkeypatch.setattr(course_lib.data, "load_pairs", no_data)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"tokenizer": "sentencepiece"}))
+    from course_lib.cli import main
+
+    argv = [a.format(config=config) for a in argv]
+    try:
+        code = main(["train", *argv, "--out", str(tmp_path / "run"), "--device", "cpu", "--steps", "2"])
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code
+    assert code == 2
+    assert re.search(match, capsys.readouterr().err)

@@ -267,6 +267,7 @@ def command(argv=None) -> int:
     D.setup(cfg.device)  # joins torchrun's process group, if any
     model_values = {**PRESETS[args.preset], **saved_model, **{k: v for k, v in file_values.items() if k in model_names},
                     **given(args, GPTConfig, "model_")}
+    GPTConfig.from_dict({"vocab_size": 256, **model_values})  # a mistake in the model's settings: now, not after the data
     text = load_text(cfg.data, max_chars=cfg.max_chars)
     if args.resume and run.tokenizer.exists():
         tokenizer = load_tokenizer(run.tokenizer)  # the run's own vocabulary
