@@ -220,3 +220,30 @@ def test_settings_are_checked_before_any_data_loads(argv, match, tmp_path, monke
         code = exc.code
     assert code == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+# Paths the text names that are written by a command, not shipped; and file-name templates.
+WRITTEN_BY_COMMANDS = {"notebooks/scaling_results.json"}
+FILE_REFERENCE = re.compile(r"(?<![\w./-])((?:resources|benchmarks|scripts|tests|notebooks|course_lib|\.ci)/"
+                            r"[\w./-]*[\w-]|[\w-]+\.md)\b")
+
+
+def file_references(text: str) -> set[str]:
+    return {m.rstrip(".") for m in FILE_REFERENCE.findall(text)}
+
+
+def test_every_file_the_docs_and_code_name_exists():
+    """README, docstrings, comments, notebooks and scripts name only files that exist
+    (relative to the repository, to the file that names them, or for a bare ``NAME.md`` in
+    resources/). This file is not scanned: it names a missing file on purpose, below."""
+    sources = [ROOT / "README.md", ROOT / ".ci" / "run", *ROOT.glob("course_lib/**/*.py"),
+               *ROOT.glob("benchmarks/*.py"), *ROOT.glob("scripts/*"), *ROOT.glob("tests/*.py"),
+               *ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("resources/**/*.md")]
+    sources = [src for src in sources if src != Path(__file__).resolve()]
+    missing = [f"{src.relative_to(ROOT)}: {ref}" for src in sources if src.is_file()
+               for ref in sorted(file_references(src.read_text(encoding="utf-8", errors="replace")))
+               if "NN" not in ref and ref not in WRITTEN_BY_COMMANDS
+               and not any((base / ref).exists() for base in (ROOT, src.parent, ROOT / "resources"))]
+    assert not missing, missing
+    assert file_references("see NOTES-trust.md and resources/gpu_results.md.") == \
+        {"NOTES-trust.md", "resources/gpu_results.md"}  # what the scan finds

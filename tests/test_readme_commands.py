@@ -8,7 +8,7 @@ the README's own flags first, the tiny ones appended, so they win):
   ``main``); ``torchrun`` and ``accelerate launch`` lines run as written, on 2 CPU
   processes (gloo). A two-machine line (``--nnodes 2``) is parsed, not run.
 - ``test_documented_commands``: the same for ``DOCUMENTED`` below, the lines the README
-  is to show (NOTES-trust.md), so that they stay runnable whatever the README holds.
+  is to show, so that they stay runnable whatever the README holds.
 
 Needs ../shared/data (tiny Shakespeare, Multi30k). In CI (the environment variable CI set)
 a missing folder fails the tests; elsewhere they skip without it. A command that breaks
