@@ -1,6 +1,11 @@
 """One way to load a trained model: a run folder (or its checkpoint file) gives back the
 model, its tokenizer and its config, whichever kind it is.
 
+``read_run`` reads a checkpoint of any layout the course has written (course_lib 0.1's
+included) as today's, and ``load_weights`` puts its weights into a model after checking its
+shared weights; ``load_trained`` (generate, translate, export-attention, the notebooks) and
+``--resume`` (``course_lib.scaleout.checkpoint.load``) both go through them.
+
 The kinds of model are a fixed registry, here in the library: a checkpoint's
 ``model_type`` selects one of them and nothing else. Nothing read from a checkpoint,
 config or tokenizer file imports a module or names code to run; the files are data
