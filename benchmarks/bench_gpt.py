@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from course_lib.env import get_device  # noqa: E402
 from course_lib.generate import generate  # noqa: E402
 from course_lib.gpt import GPT, PRESETS, GPTConfig  # noqa: E402
-from course_lib.training.gpt import PEAK_BF16_FLOPS, GPTTrainConfig, configure_optimizer, get_batch  # noqa: E402
+from course_lib.training.gpt import GPTTrainConfig, configure_optimizer, get_batch  # noqa: E402
+from course_lib.training.plan import peak_flops  # noqa: E402
 from course_lib.transformer import ACTIVATIONS  # noqa: E402
 
 
@@ -289,7 +290,7 @@ def main(argv=None) -> int:
     times = interleaved_times(trainers, tokens, block, steps, rounds, warmup=10 if cuda else 3, clock=clock)
     speeds = {name: steps * batch * block / statistics.median(ts) for name, ts in times.items()}
     model = trainers["course"].model
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if cuda and k in torch.cuda.get_device_name(device)), None)
+    peak = peak_flops(torch.cuda.get_device_name(device)) if cuda else None
     fpt = model.flops_per_token()
     setup = (f"device: {torch.cuda.get_device_name(device) if cuda else f'cpu ({torch.get_num_threads()} threads)'}; "
              f"torch {torch.__version__}; model {preset} ({model.num_parameters():,} params, {c.n_layers} layers, "

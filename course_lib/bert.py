@@ -36,9 +36,8 @@ from course_lib.checkpoint import (
     number_problems,
 )
 from course_lib.embeddings import LearnedPositionalEmbedding, TokenEmbedding
+from course_lib.losses import IGNORE_INDEX
 from course_lib.transformer import EncoderLayer
-
-IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
 
 
 @dataclass
@@ -237,7 +236,7 @@ def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, special_ids=()
     is with probability 0.1.
 
     Returns ``(inputs, labels)``: the corrupted ids, and the original id at the selected
-    positions (``IGNORE = -100`` elsewhere, which ``F.cross_entropy`` skips).
+    positions (``IGNORE_INDEX`` elsewhere, which ``F.cross_entropy`` skips).
     """
     if not torch.is_tensor(ids) or ids.dtype != torch.long:
         raise TypeError(f"ids must be a long tensor of token ids, got {getattr(ids, 'dtype', type(ids).__name__)}.")
@@ -259,10 +258,10 @@ def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, special_ids=()
     random_ids = candidates[torch.randint(len(candidates), cpu.shape, generator=generator)]
     inputs = torch.where(selected & (u < 0.8), torch.full_like(cpu, mask_id), cpu)
     inputs = torch.where(selected & (u >= 0.8) & (u < 0.9), random_ids, inputs)
-    labels = torch.where(selected, cpu, torch.full_like(cpu, IGNORE))
+    labels = torch.where(selected, cpu, torch.full_like(cpu, IGNORE_INDEX))
     return inputs.to(ids.device), labels.to(ids.device)
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the selected positions (labels != IGNORE)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+    """Mean cross-entropy over the selected positions (labels != IGNORE_INDEX)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)

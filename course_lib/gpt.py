@@ -33,6 +33,7 @@ from course_lib.checkpoint import (
     number_problems,
 )
 from course_lib.embeddings import LearnedPositionalEmbedding, TokenEmbedding
+from course_lib.losses import IGNORE_INDEX
 from course_lib.transformer import ACTIVATION_SETTING, ACTIVATIONS, DecoderLayer
 
 PRESETS: dict[str, dict] = {
@@ -187,7 +188,7 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             wide = logits if logits.dtype == torch.float64 else logits.float()  # float32 at least
-            loss = F.cross_entropy(wide.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(wide.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     # ---- GPT-2 weights in Hugging Face's layout ------------------------------------------

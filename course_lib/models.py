@@ -1,6 +1,11 @@
 """One way to load a trained model: a run folder (or its checkpoint file) gives back the
 model, its tokenizer and its config, whichever kind it is.
 
+``read_run`` reads a checkpoint of any layout the course has written (course_lib 0.1's
+included) as today's, and ``load_weights`` puts its weights into a model after checking its
+shared weights; ``load_trained`` (generate, translate, export-attention, the notebooks) and
+``--resume`` (``course_lib.scaleout.checkpoint.load``) both go through them.
+
 The kinds of model are a fixed registry, here in the library: a checkpoint's
 ``model_type`` selects one of them and nothing else. Nothing read from a checkpoint,
 config or tokenizer file imports a module or names code to run; the files are data
@@ -54,6 +59,11 @@ def with_old_defaults(config: dict) -> dict:
     return {**found.old_defaults, **config} if found else dict(config)
 
 
+# ---- earlier layouts: what course_lib 0.1 wrote, brought to today's --------------------------
+# A 0.1 run folder: ``ckpt.safetensors`` (GPT) with other parameter names, registered in another
+# order (so its optimizer state is indexed in that order), training settings under other names
+# and losses in other shapes. ``read_run`` reads any of them as today's.
+
 # Parameter names of course_lib 0.1 checkpoints -> today's (one naming scheme since 0.2).
 LEGACY_NAMES = [
     (r"^tok_emb\.", "tok_embed."), (r"^pos_emb\.", "pos_embed."), (r"^blocks\.", "layers."),
@@ -63,6 +73,20 @@ LEGACY_NAMES = [
 ]
 LEGACY_DECODER_NORMS = {"norm1": "self_attn_norm", "norm2": "cross_attn_norm", "norm3": "ff_norm"}
 LEGACY_ENCODER_NORMS = {"norm1": "self_attn_norm", "norm2": "ff_norm"}
+# The order in which a 0.1 layer registered its parts (today's names): its optimizer state's order.
+LEGACY_LAYER_ORDER = {
+    "layers": ("self_attn_norm", "self_attn", "ff_norm", "ff"),
+    "encoder_layers": ("self_attn", "ff", "self_attn_norm", "ff_norm"),
+    "decoder_layers": ("self_attn", "cross_attn", "ff", "self_attn_norm", "cross_attn_norm", "ff_norm"),
+}
+# 0.1 training settings -> today's name, or a function of the value giving today's {name: value}
+LEGACY_TRAIN_KEYS = {
+    "warmup_steps": "warmup", "train_data": "data", "max_steps": "steps", "learning_rate": "lr",
+    "out_dir": lambda v: {},  # where this session writes: never taken from a saved run
+    "log_every": lambda v: {}, "checkpoint_every": lambda v: {},  # today: every eval_every steps
+    "bf16": lambda v: {} if v is None else {"precision": "bf16" if v else "fp32"},
+    "amp": lambda v: {} if v else {"precision": "fp32"},
+}
 
 
 def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -77,6 +101,109 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             key = key.replace(match.group(0), f".{norms[match.group(1)]}.")
         out[key] = value
     return out
+
+
+def legacy_parameter_order(names: list[str]) -> list[str]:
+    """Today's parameter ``names`` (in today's order) in the order course_lib 0.1 registered
+    them: within each layer its parts came in another order (``LEGACY_LAYER_ORDER``)."""
+    first: dict[str, int] = {}
+
+    def key(item):
+        i, name = item
+        match = re.match(r"^(\w+)\.(\d+)\.(\w+)\.", name)
+        parts = LEGACY_LAYER_ORDER.get(match[1], ()) if match else ()
+        if not match or match[3] not in parts:
+            return (i, 0, i)
+        return (first.setdefault(f"{match[1]}.{match[2]}", i), parts.index(match[3]), i)
+
+    return [name for _, name in sorted(enumerate(names), key=key)]
+
+
+def upgrade_train_config(saved: dict) -> dict:
+    """A run's saved training settings under today's names and meanings (0.1's: ``warmup_steps``,
+    ``train_data``, ``bf16``, a ``batch_size`` per micro-batch, ...)."""
+    out = {}
+    for key, value in saved.items():
+        rename = LEGACY_TRAIN_KEYS.get(key, key)
+        out.update(rename(value) if callable(rename) else {rename: value})
+    if "warmup_steps" in saved and isinstance(out.get("batch_size"), int) and isinstance(out.get("grad_accum"), int):
+        out["batch_size"] *= out["grad_accum"]  # 0.1's GPT batch was one micro-batch; today's is the step's
+    return out
+
+
+def upgrade_train_state(state: dict) -> dict:
+    """A checkpoint's training state in today's shape: ``train_losses`` as [step, loss] pairs,
+    ``evals`` as dicts, settings under today's names (``upgrade_train_config``)."""
+    state = dict(state)
+    if "losses" in state and "train_losses" not in state:  # 0.1's translation trainer
+        state["train_losses"] = state.pop("losses")
+        state["evals"] = [{"step": s, "val": v} for s, v in state.pop("val_losses", [])]
+    losses = state.get("train_losses", [])
+    if losses and not isinstance(losses[0], list):  # 0.1's GPT trainer: one loss per step, from step 1
+        state["train_losses"] = [[i + 1, v] for i, v in enumerate(losses)]
+    if isinstance(state.get("train_config"), dict):
+        state["train_config"] = upgrade_train_config(state["train_config"])
+    return state
+
+
+def read_run(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """``load_checkpoint`` of a run folder or checkpoint file, whichever layout wrote it, in
+    today's: parameter names, the model config's keys it predates (``with_old_defaults``),
+    the training state's shape. ``legacy`` says whether its optimizer state is indexed in
+    0.1's parameter order (``load_optimizer_state`` reorders it); ``file``: the file read."""
+    file = resolve_checkpoint(path)
+    ckpt = load_checkpoint(file, device=device)
+    state = upgrade_state_dict(ckpt["model"])
+    return {**ckpt, "model": state, "config": with_old_defaults(ckpt["config"]), "file": file,
+            "train_state": upgrade_train_state(ckpt["train_state"]), "legacy": list(state) != list(ckpt["model"])}
+
+
+def shared_weight_problem(model: nn.Module, state: dict[str, torch.Tensor], file) -> str | None:
+    """Shared weights (one parameter under several names, e.g. a tied output projection) are
+    stored once per name: a message if the file gives them different values (its config says
+    they are shared, its weights say they are not), else None."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    for group in names.values():
+        stored = [n for n in group if n in state]
+        if any(not torch.equal(state[stored[0]], state[n]) for n in stored[1:]):
+            return (f"{file}: the weights {stored} are one shared tensor in the model its config builds, but "
+                    "differ in the file; the config does not match the weights (e.g. share_embeddings or "
+                    "tie_embeddings edited): fix the config or retrain.")
+    return None
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], file) -> None:
+    """``model.load_state_dict(state)`` after the shared-weight check, with a ``CheckpointError``
+    naming the file where the weights do not fit the model."""
+    problem = shared_weight_problem(model, state, file)
+    if problem:
+        raise CheckpointError(problem)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{file}: the weights do not fit its own config ({str(exc).splitlines()[0]}); "
+                              "the file is damaged or was edited: retrain or use another checkpoint.") from None
+
+
+def optimizer_state_in_order(osd: dict, groups_names: list[list[str]], legacy: bool, file) -> dict:
+    """An index-keyed optimizer state for an optimizer whose groups hold the parameters
+    ``groups_names`` (today's names, in its order): reindexed from 0.1's parameter order when
+    ``legacy``; a ``CheckpointError`` when its groups do not match."""
+    sizes = [len(g["params"]) for g in osd["param_groups"]]
+    if sizes != [len(names) for names in groups_names]:
+        raise CheckpointError(f"{file}: its optimizer state has groups of {sizes} parameters, the optimizer "
+                              f"{[len(n) for n in groups_names]}; resume with the optimizer the run was trained with.")
+    if not legacy:
+        return osd
+    today = [n for names in groups_names for n in names]
+    then = [n for names in groups_names for n in legacy_parameter_order(names)]
+    index = {name: i for i, name in enumerate(today)}
+    offsets = [sum(sizes[:g]) for g in range(len(sizes))]
+    return {"state": {index[then[int(i)]]: s for i, s in osd["state"].items()},
+            "param_groups": [{**g, "params": list(range(o, o + n))}
+                             for g, o, n in zip(osd["param_groups"], offsets, sizes, strict=True)]}
 
 
 @dataclass
@@ -100,40 +227,25 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu", kind: str
     that says which kind the checkpoint holds and which command uses it (``command``: the
     caller's name, for that message).
     """
-    file = resolve_checkpoint(path)
-    ckpt = load_checkpoint(file, device=device)
-    config = dict(ckpt["config"])
+    ckpt = read_run(path, device=device)
+    file, config = ckpt["file"], ckpt["config"]
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in KINDS:
         raise CheckpointError(f"{file} holds a model of type {model_type!r}, which is not one of the course's "
-                         f"kinds {sorted(KINDS)}; give a checkpoint written by `python -m course_lib train`.")
+                              f"kinds {sorted(KINDS)}; give a checkpoint written by `python -m course_lib train`.")
     found = KINDS[model_type]
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds is not None and model_type not in kinds:
         raise ValueError(f"{path} holds a {model_type!r} model (trained by `{found.trained_by}`), not a "
                          f"{' or '.join(map(repr, kinds))} model{f' for `{command}`' if command else ''}; use `{found.used_by} {path}` "
                          "for this one.")
-    config = with_old_defaults(config)
     try:
         model_config = found.config.from_dict(config)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{file}: its model config is not valid ({exc}); the file is damaged or was "
                               "edited: retrain or use another checkpoint.") from None
     model = found.model(model_config)
-    state = upgrade_state_dict(ckpt["model"])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{file}: the weights do not fit its own config ({str(exc).splitlines()[0]}); "
-                         "the file is damaged or was edited: retrain or use another checkpoint.") from None
-    # Shared weights (one tensor under several names) are stored once per name; a name
-    # whose stored values differ from the loaded tensor was overwritten by another name.
-    loaded = model.state_dict()
-    differ = [k for k, v in state.items() if k in loaded and not torch.equal(loaded[k], v.to(loaded[k]))]
-    if differ:
-        raise CheckpointError(f"{file}: the weights {differ} are shared in the model its config builds, but differ "
-                         "in the file; the config does not match the weights (e.g. share_embeddings or "
-                         "tie_embeddings edited): fix config or retrain.")
+    load_weights(model, ckpt["model"], file)
     tok_file = file.with_name("tokenizer.json")
     tokenizer = load_tokenizer(tok_file) if tok_file.exists() else None
     return Trained(model.to(device).eval(), tokenizer, config, model_type, file, ckpt["train_state"])

@@ -30,10 +30,18 @@ from course_lib.attention import KVCache, MultiHeadAttention, padding_mask
 from course_lib.checkpoint import heads_problems, integer_problems, number_problems
 from course_lib.embeddings import SinusoidalPositionalEncoding, TokenEmbedding
 
-# The parameter names of the original seq2seq course's JSON config -> ours.
+# The names of the original seq2seq course's JSON config -> ours: its model keys, and its
+# training keys (which a model config skips; the translation trainer reads them).
 COURSE_MODEL_KEYS = {"model_dim": "d_model", "hidden_dims": "d_ff", "num_heads": "n_heads",
                      "num_layers": "n_layers", "dropout": "dropout", "max_seq_length": "max_len"}
-COURSE_TRAIN_KEYS = {"train_data", "valid_data", "epochs", "batch_size", "learning_rate"}
+COURSE_TRAIN_KEYS = {"train_data": "data", "valid_data": "valid_data", "epochs": "epochs",
+                     "batch_size": "batch_size", "learning_rate": "lr"}
+
+
+def our_name(key: str) -> str:
+    """A config key in our names: the original course's (``model_dim``, ``learning_rate``, ...)
+    translated, any other key as it is."""
+    return COURSE_MODEL_KEYS.get(key) or COURSE_TRAIN_KEYS.get(key) or key
 # Config keys added after checkpoints were first written, with the value that rebuilds those
 # older checkpoints' models (a config without the key was trained without the feature).
 CHECKPOINT_DEFAULTS = {"share_embeddings": False}
@@ -112,7 +120,7 @@ class TransformerConfig:
         ours = {f.name for f in fields(cls)}
         kwargs, unknown = {}, []
         for key, value in d.items():
-            name = COURSE_MODEL_KEYS.get(key, key)
+            name = our_name(key)
             if name in ours:
                 if name in kwargs and kwargs[name] != value:
                     raise ValueError(f"config gives {name} twice with different values ({kwargs[name]!r}, {value!r}).")

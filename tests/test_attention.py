@@ -146,7 +146,7 @@ def test_gradients_match_torch_sdpa(batch, L_q, L_k, d_k, d_v):
     want = grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
     got_explicit = grads(lambda q, k, v: scaled_dot_product_attention(q, k, v, mask)[0])
     got_fused = grads(lambda q, k, v: fused_attention(q, k, v, mask))
-    for a, b, c in zip(got_explicit, got_fused, want):
+    for a, b, c in zip(got_explicit, got_fused, want, strict=True):
         torch.testing.assert_close(a, c)
         torch.testing.assert_close(b, c)
 

@@ -40,7 +40,7 @@ def test_batched_equals_one_sentence_at_a_time(beam, lengths, seed, alpha):
     model = random_model(seed, eos_boost=2.5)
     batch, alone = sources(seed + 10, lengths)
     limits = [3 + (i * 5) % 9 for i in range(len(lengths))]  # per sentence, as translate gives them
-    want = [beam_search(model, s[None], BOS, EOS, beam, n, alpha) for s, n in zip(alone, limits)]
+    want = [beam_search(model, s[None], BOS, EOS, beam, n, alpha) for s, n in zip(alone, limits, strict=True)]
     assert batched_beam_search(model, batch, BOS, EOS, beam, limits, alpha) == want
     # one limit for all, and without the cache
     want = [beam_search(model, s[None], BOS, EOS, beam, 12, alpha) for s in alone]

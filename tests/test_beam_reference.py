@@ -102,7 +102,7 @@ def test_translate_with_beams_equals_the_reference():
     sentences = ["the man sees a dog .", "a woman", "the dog sees the man ."]
     for beam in (2, 3, 4):
         got = translate(model, tok, sentences, beam_size=beam, max_new_tokens=6, alpha=0.6)
-        for sentence, text in zip(sentences, got):
+        for sentence, text in zip(sentences, got, strict=True):
             src = torch.tensor([tok.encode(sentence) + [EOS]])
             ids = reference_beam(model, src, beam, 6, 0.6)
             assert text == tok.decode([t for t in ids if t != EOS]), (beam, sentence)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from course_lib.bert import (
-    IGNORE,
+    IGNORE_INDEX,
     BertConfig,
     BertMLM,
     hf_to_course_state_dict,
@@ -140,7 +140,7 @@ def _within(count, n, p, sigmas=5.0):
 
 def _follows_bert_rule(ids, inputs, labels) -> bool:
     special = torch.isin(ids, torch.tensor(SPECIAL))
-    selected = labels != IGNORE
+    selected = labels != IGNORE_INDEX
     if (selected & special).any() or not torch.equal(inputs[special], ids[special]):
         return False  # special tokens are never selected or changed
     if not torch.equal(labels[selected], ids[selected]) or not torch.equal(inputs[~selected], ids[~selected]):
@@ -165,7 +165,7 @@ def test_mask_tokens_follows_the_80_10_10_rule(seed):
 def _rule_90_5_5(ids, mask_id, vocab_size, special_ids, generator):
     inputs, labels = mask_tokens(ids, mask_id, vocab_size, special_ids, generator=generator)
     u = torch.rand(ids.shape, generator=generator)
-    inputs = torch.where((labels != IGNORE) & (inputs != mask_id) & (u < 0.5), mask_id, inputs)
+    inputs = torch.where((labels != IGNORE_INDEX) & (inputs != mask_id) & (u < 0.5), mask_id, inputs)
     return inputs, labels
 
 
@@ -186,7 +186,7 @@ def test_mask_tokens_is_reproducible_and_checks_its_input():
     ids = torch.randint(4, V, (4, 10))
     a = mask_tokens(ids, MASK, V, SPECIAL, generator=torch.Generator().manual_seed(5))
     b = mask_tokens(ids, MASK, V, SPECIAL, generator=torch.Generator().manual_seed(5))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     with pytest.raises(TypeError, match="long"):
         mask_tokens(ids.int(), MASK, V, SPECIAL)
     with pytest.raises(ValueError, match="prob"):
@@ -197,7 +197,7 @@ def test_mask_tokens_is_reproducible_and_checks_its_input():
 
 def test_mlm_loss_counts_only_selected_positions():
     logits = torch.randn(2, 5, 7)
-    labels = torch.full((2, 5), IGNORE)
+    labels = torch.full((2, 5), IGNORE_INDEX)
     labels[0, 1], labels[1, 3] = 4, 6
     want = -(logits[0, 1].log_softmax(-1)[4] + logits[1, 3].log_softmax(-1)[6]) / 2
     torch.testing.assert_close(mlm_loss(logits, labels), want)

@@ -123,7 +123,7 @@ def test_sft_through_fit_equals_a_hand_written_step():
         hand_opt.zero_grad()
         losses.append(round(loss.item(), 6))
     assert [v for _, v in state["train_losses"]] == losses
-    for a, b in zip(model.parameters(), hand.parameters()):
+    for a, b in zip(model.parameters(), hand.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -148,7 +148,7 @@ def test_choice_scores_match_hugging_face_sum_of_logprobs():
     options, _ = data.choices(item)
     prompt = TOK.encode(render([{"role": "user", "content": item.prompt}], True), allowed_special="all")
     scores = choice_logprobs(ours, prompt, [TOK.encode(o) for o in options])
-    for option, score in zip(options, scores):
+    for option, score in zip(options, scores, strict=True):
         row = torch.tensor([prompt + TOK.encode(option)])
         logp = F.log_softmax(hf(row).logits[0].double(), -1)
         expected = sum(logp[t - 1, row[0, t]].item() for t in range(len(prompt), row.shape[1]))

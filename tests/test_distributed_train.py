@@ -80,7 +80,7 @@ def test_gpt_on_two_ranks_follows_one_process(tmp_path):
             rtol=1e-4,
             atol=0,
         )
-        for mine, theirs in zip(got["train_state"]["evals"], ref["train_state"]["evals"]):
+        for mine, theirs in zip(got["train_state"]["evals"], ref["train_state"]["evals"], strict=True):
             assert mine["step"] == theirs["step"]
             assert mine["val"] == pytest.approx(theirs["val"], rel=1e-4)
         assert got["model"].keys() == ref["model"].keys()

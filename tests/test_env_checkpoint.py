@@ -69,9 +69,9 @@ def test_checkpoint_round_trip_restores_model_optimizer_and_rng(tmp_path):
         torch.nn.init.zeros_(p)
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["optimizer"])
-    for p, q in zip(model.parameters(), model2.parameters()):
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(p, q)
-    for s, t in zip(opt.state.values(), opt2.state.values()):
+    for s, t in zip(opt.state.values(), opt2.state.values(), strict=True):
         assert torch.equal(s["exp_avg"], t["exp_avg"]) and torch.equal(s["exp_avg_sq"], t["exp_avg_sq"])
         assert float(s["step"]) == float(t["step"])
     from course_lib.checkpoint import set_rng_state

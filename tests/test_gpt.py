@@ -99,6 +99,39 @@ def test_gpt2_124m_parameter_count_and_init():
     assert abs(small.layers[0].ff.w_1.weight.std().item() - 0.02) < 1e-3
 
 
+def test_gpt2_124m_preset_logits_equal_hugging_face_gpt2_to_1e_5():
+    """The README's claim at full size: the ``gpt2-124m`` preset, with random weights (and
+    perturbed biases and norms) copied from Hugging Face's GPT-2 at its default, 124M config,
+    gives HF's logits to 1e-5 (all 50,257 of them at 2 x 128 positions). Offline: nothing is
+    downloaded."""
+    transformers = pytest.importorskip("transformers")
+    from course_lib.gpt import hf_to_course_state_dict
+
+    config = GPTConfig.preset("gpt2-124m")
+    with torch.device("meta"):  # built without HF's initialisation: the weights are drawn once, below
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config())  # 124M: 12 x 768, 50,257 tokens
+    hf = hf.to_empty(device="cpu").eval()
+    hf.tie_weights()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # GPT-2's scale for matrices; biases and norms away from 0 and 1, so a wrong mapping shows
+        for name, p in hf.named_parameters():
+            norm, bias = ".ln_" in name or "ln_f" in name, name.endswith("bias")
+            p.normal_(1.0 if norm and not bias else 0.0, 0.1 if norm or bias else 0.02, generator=g)
+    c = hf.config  # the preset is HF's GPT-2 small: same sizes, the tanh GELU ("gelu_new")
+    assert (config.vocab_size, config.block_size, config.n_layers, config.n_heads, config.d_model) == \
+        (c.vocab_size, c.n_positions, c.n_layer, c.n_head, c.n_embd)
+    assert (config.activation, c.activation_function, config.layer_norm_eps) == ("gelu_tanh", "gelu_new", 1e-5)
+    model = GPT(config).eval()
+    model.load_state_dict(hf_to_course_state_dict(hf.state_dict(), config.n_layers))
+    assert model.num_parameters() == hf.num_parameters() == 124_439_808
+    idx = torch.randint(0, config.vocab_size, (2, 128), generator=g)
+    with torch.no_grad():
+        want = hf(idx).logits
+        got, _ = model(idx)
+    print(f"largest difference {(got - want).abs().max().item():.1e} (tolerance 1e-5)")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_config_round_trip_and_errors():
     cfg = GPTConfig.preset("tiny", vocab_size=30)
     assert GPT.from_config(cfg.to_dict()).config == cfg
@@ -169,11 +202,11 @@ def test_sampling_filters_against_brute_force():
     torch.manual_seed(0)
     logits = torch.randn(4, 12)
     kept = top_k_filter(logits, 3).isfinite()
-    for row, mask in zip(logits, kept):
+    for row, mask in zip(logits, kept, strict=True):
         assert set(mask.nonzero().flatten().tolist()) == set(row.argsort(descending=True)[:3].tolist())
     p = 0.6
     kept = top_p_filter(logits, p).isfinite()
-    for row, mask in zip(logits, kept):
+    for row, mask in zip(logits, kept, strict=True):
         probs = row.softmax(-1)
         order = probs.argsort(descending=True).tolist()
         n, total = 0, 0.0

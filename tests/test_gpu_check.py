@@ -112,7 +112,7 @@ def test_repeat_times_in_fresh_processes_and_summarises_each_run(capsys):
     for row in rows:
         label, low, median, high, each = (cell.strip() for cell in row.strip("|").split("|"))
         values = [float(v) for v in each.split(", ")]
-        assert all(f"vs {label} {v:.2f}x" in run for v, run in zip(values, per_run))
+        assert all(f"vs {label} {v:.2f}x" in run for v, run in zip(values, per_run, strict=True))
         assert (float(low[:-1]), float(high[:-1])) == (min(values), max(values))
         assert float(median[:-1]) == pytest.approx(sum(values) / 2, abs=0.006)
     for bad, says in ((["--repeat", "0"], "give at least 1"), (["--repeat", "2", "--shakespeare-cpu"], "runs once")):

@@ -1,6 +1,6 @@
 """A real ``kill -9`` of each training command, in the middle of a checkpoint write and
-between two writes; ``--resume`` then gives the training losses of the uninterrupted run,
-bit for bit, and no temporary file is left behind.
+between two writes; ``--resume`` then ends with the weights and optimizer state of the
+uninterrupted run, bit for bit (and its losses), and no temporary file is left behind.
 
 The command runs in a subprocess (tests/kill_runs.py: the command unchanged, except that
 it waits at the chosen moment, for the kill). Killed mid-write, the temporary file is
@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from course_lib.checkpoint import read_metadata
 from course_lib.cli import main
@@ -37,13 +39,27 @@ def losses(run: Path) -> list:
     return read_metadata(run / "checkpoint.safetensors")["train_state"]["train_losses"]
 
 
+def final_state(run: Path) -> tuple[dict, list]:
+    """The run's last checkpoint: its weights and optimizer tensors, and its losses."""
+    tensors = load_file(str(run / "checkpoint.safetensors"))
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "optim."))}, losses(run)
+
+
+def assert_same_run(resumed: tuple[dict, list], whole: tuple[dict, list]) -> None:
+    (got, got_losses), (want, want_losses) = resumed, whole
+    assert sorted(got) == sorted(want) and any(k.startswith("optim.") for k in want)
+    differ = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not differ, f"tensors that differ from the uninterrupted run: {differ[:5]}"
+    assert got_losses == want_losses
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, one_thread):
     out = {}
     for task, args in COMMANDS.items():
         run = tmp_path_factory.mktemp(f"{task}_whole")
         assert main([*args, *COMMON, "--out", str(run)]) == 0
-        out[task] = losses(run)
+        out[task] = final_state(run)
     return out
 
 
@@ -80,7 +96,7 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(task, mode, tmp_path, u
     else:
         assert left == [] and step == 4
     assert main([*COMMANDS[task], *COMMON, "--resume", "--out", str(run)]) == 0
-    assert losses(run) == uninterrupted[task]  # bit for bit, every step
+    assert_same_run(final_state(run), uninterrupted[task])  # weights and optimizer bit for bit
     assert temporaries(run) == []  # the dead process's temporary file was removed
 
 

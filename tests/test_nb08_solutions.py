@@ -22,7 +22,7 @@ def test_top_p_mask_brute_force():
     for probs, p in nb08.CASES["top_p_mask"]:
         rows = probs.reshape(-1, probs.shape[-1])
         got = nb08.top_p_mask(probs, p).reshape(rows.shape)
-        for row, mask in zip(rows, got):
+        for row, mask in zip(rows, got, strict=True):
             ranked = sorted(range(len(row)), key=lambda i: -row[i].item())
             kept, total = [], 0.0
             for i in ranked:  # add tokens, most likely first, until the mass reaches p

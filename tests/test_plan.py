@@ -60,21 +60,41 @@ def test_base_transformer_fits_whole_batches_everywhere(gpu):
 
 def test_published_figures_in_the_table():
     gib = {k: round(v.memory_gib) for k, v in GPUS.items()}
-    assert gib == {"T4": 15, "L4": 22, "A100-40GB": 40, "A100-80GB": 80, "H100": 80, "H200": 140}
+    assert gib == {"T4": 15, "L4": 22, "A10": 22, "A100-40GB": 40, "A100-80GB": 80, "H100": 80, "H100-PCIe": 80,
+                   "H200": 140}
     assert {k: v.capability for k, v in GPUS.items()} == {
-        "T4": (7, 5), "L4": (8, 9), "A100-40GB": (8, 0), "A100-80GB": (8, 0), "H100": (9, 0), "H200": (9, 0)}
+        "T4": (7, 5), "L4": (8, 9), "A10": (8, 6), "A100-40GB": (8, 0), "A100-80GB": (8, 0), "H100": (9, 0),
+        "H100-PCIe": (9, 0), "H200": (9, 0)}
     assert GPUS["T4"].peak_tflops["bf16"] is None and GPUS["H100"].peak_tflops["bf16"] == 989.0
+    assert GPUS["H100-PCIe"].peak_tflops["bf16"] == 756.0
+
+
+# CUDA's device names -> the table's entry (None: not in the table, no peak, no MFU)
+CUDA_DEVICES = {
+    "Tesla T4": "T4", "NVIDIA L4": "L4", "NVIDIA L40S": None, "NVIDIA L40": None, "NVIDIA A10": "A10",
+    "NVIDIA A10G": None, "NVIDIA A100-SXM4-40GB": "A100-40GB", "NVIDIA A100-PCIE-40GB": "A100-40GB",
+    "NVIDIA A100-SXM4-80GB": "A100-80GB", "NVIDIA A100 80GB PCIe": "A100-80GB", "NVIDIA H100 80GB HBM3": "H100",
+    "NVIDIA H100 PCIe": "H100-PCIe", "NVIDIA H100 NVL": None, "NVIDIA H200": "H200", "NVIDIA H200 NVL": None,
+}
 
 
 def test_known_gpu_matches_whole_names():
-    assert known_gpu("Tesla T4") is GPUS["T4"]
-    assert known_gpu("NVIDIA L4") is GPUS["L4"]
-    assert known_gpu("NVIDIA L40S") is None  # not an L4
-    assert known_gpu("NVIDIA A100-SXM4-40GB") is GPUS["A100-40GB"]
-    assert known_gpu("NVIDIA A100 80GB PCIe") is GPUS["A100-80GB"]
-    assert known_gpu("NVIDIA H100 80GB HBM3") is GPUS["H100"]
-    assert known_gpu("NVIDIA H200") is GPUS["H200"]
-    assert known_gpu("NVIDIA A10") is None
+    for name, key in CUDA_DEVICES.items():
+        assert known_gpu(name) is (GPUS[key] if key else None), name
+    assert known_gpu("nvidia  l4") is GPUS["L4"]  # case and spacing aside
+
+
+@pytest.mark.parametrize("name", sorted(CUDA_DEVICES))
+def test_the_trainers_mfu_reads_the_same_table(name, monkeypatch):
+    """train gpt's MFU divides by the planner's bf16 peak for the same name, or gives None."""
+    from course_lib.training.gpt import estimate_mfu
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    key = CUDA_DEVICES[name]
+    peak = GPUS[key].peak_tflops["bf16"] if key else None
+    mfu = estimate_mfu(6e8, 1e5, torch.device("cuda"))
+    assert mfu == (None if peak is None else 6e8 * 1e5 / (peak * 1e12))
+    assert estimate_mfu(6e8, 1e5, torch.device("cpu")) is None
 
 
 def test_too_big_is_a_clear_error():
@@ -225,5 +245,5 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient():
     for micro in range(4):
         rows = data[2 * micro:2 * micro + 2]
         prec.backward(model(rows[:, :-1], rows[:, 1:])[1] / 4)
-    for w, p in zip(whole, model.parameters()):
+    for w, p in zip(whole, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, w, rtol=1e-5, atol=1e-6)

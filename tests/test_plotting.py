@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from itertools import pairwise
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -156,7 +157,7 @@ def _text_artists(fig):
 
 
 def _overlaps(boxes):
-    return [(a, b) for a, b in zip(boxes, boxes[1:]) if a.overlaps(b)]
+    return [(a, b) for a, b in pairwise(boxes) if a.overlaps(b)]
 
 
 @pytest.mark.parametrize("n_tokens", [6, 40, 150])

@@ -151,7 +151,7 @@ def _overflow_step(prec: Precision):
 def check_overflow_is_skipped(prec: Precision) -> None:
     result, before, after, opt, scale = _overflow_step(prec)
     assert result is False, "an overflowing step must report itself as skipped"
-    for b, a in zip(before, after):
+    for b, a in zip(before, after, strict=True):
         assert torch.equal(b, a), "an overflowing step must not change the parameters"
     assert not opt.state, "an overflowing step must not create or change optimizer state"
     assert prec.scaler.get_scale() == scale / 2, "the scale must be halved after an overflow"

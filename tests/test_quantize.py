@@ -33,13 +33,22 @@ def test_bytes_per_parameter_from_the_bit_widths():
 
 
 def test_int8_per_channel_matches_torch_quantize_per_channel():
+    """Scale and integers both from PyTorch: its per-channel symmetric observer (range
+    [-127, 127]) picks each row's scale, ``torch.quantize_per_channel`` rounds with it."""
+    from torch.ao.quantization.observer import PerChannelMinMaxObserver
+
     w = _w()
     q, scale = absmax_quantize(w, bits=8)
+    observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                        quant_min=-127, quant_max=127)
+    observer(w)
+    ref_scale, zero_point = observer.calculate_qparams()
+    assert torch.equal(zero_point, torch.zeros_like(zero_point))
+    assert torch.equal(scale[:, 0], ref_scale.float()), (scale[:, 0] - ref_scale).abs().max()  # bit for bit
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = torch.quantize_per_channel(w, scale[:, 0].double(), torch.zeros(w.shape[0], dtype=torch.long), 0,
-                                         torch.qint8)
-    assert torch.equal(q, ref.int_repr())
+        ref = torch.quantize_per_channel(w, ref_scale.double(), zero_point, 0, torch.qint8)
+    assert torch.equal(q, ref.int_repr())  # bit for bit
     torch.testing.assert_close(dequantize(q, scale), ref.dequantize())
     assert torch.all((w - dequantize(q, scale)).abs() <= scale / 2 + 1e-7)  # at most half a step off
     assert q.abs().amax(1).eq(127).all()  # every row uses the full range

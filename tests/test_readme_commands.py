@@ -8,9 +8,11 @@ the README's own flags first, the tiny ones appended, so they win):
   ``main``); ``torchrun`` and ``accelerate launch`` lines run as written, on 2 CPU
   processes (gloo). A two-machine line (``--nnodes 2``) is parsed, not run.
 - ``test_documented_commands``: the same for ``DOCUMENTED`` below, the lines the README
-  is to show (NOTES-trust.md), so that they stay runnable whatever the README holds.
+  is to show, so that they stay runnable whatever the README holds.
 
-Needs ../shared/data (tiny Shakespeare, Multi30k); skips cleanly without it.
+Needs ../shared/data (tiny Shakespeare, Multi30k). In CI (the environment variable CI set)
+a missing folder fails the tests; elsewhere they skip without it. A command that breaks
+fails them.
 """
 
 from __future__ import annotations
@@ -122,6 +124,28 @@ def run_lines(lines: list[str], shared: Path, folder: Path, capsys, known: froze
             code = main(argv)
             assert code == 0, f"{line}\n{capsys.readouterr().err[-3000:]}"
     return skipped
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data; missing, the tests fail in CI and skip elsewhere (a learner's checkout)."""
+    return required_data(ROOT.parent / "shared" / "data", os.environ)
+
+
+def required_data(folder: Path, env) -> Path:
+    if not folder.is_dir():
+        if env.get("CI"):
+            pytest.fail(f"{folder.name} is missing at ../shared/data, and CI must run the README's commands")
+        pytest.skip("../shared/data is not present (real-data test)")
+    return folder
+
+
+def test_missing_data_fails_in_ci_and_skips_elsewhere(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match="CI must run"):
+        required_data(tmp_path / "absent", {"CI": "true"})
+    with pytest.raises(pytest.skip.Exception):
+        required_data(tmp_path / "absent", {})
+    assert required_data(tmp_path, {"CI": "true"}) == tmp_path
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def _brute_scores(q, k):
     for idx in torch.cartesian_prod(*[torch.arange(n) for n in q.shape[:-1]]).view(-1, q.dim() - 1).tolist():
         *lead, i = idx
         for j in range(k.shape[-2]):
-            dot = sum(float(a) * float(b) for a, b in zip(q[(*lead, i)], k[(*lead, j)]))
+            dot = sum(float(a) * float(b) for a, b in zip(q[(*lead, i)], k[(*lead, j)], strict=True))
             out[(*lead, i, j)] = dot / math.sqrt(q.shape[-1])
     return out
 

@@ -37,7 +37,7 @@ def _tiktoken_one_chunk(text, merges):
 # ---------------------------------------------------------------- nb02, nb03: embeddings, positions
 def _nearest(vectors, i, k):
     def cos(a, b):
-        dot = sum(float(x) * float(y) for x, y in zip(a, b))
+        dot = sum(float(x) * float(y) for x, y in zip(a, b, strict=True))
         return dot / math.sqrt(sum(float(x) ** 2 for x in a) * sum(float(y) ** 2 for y in b))
 
     others = [j for j in range(len(vectors)) if j != i]

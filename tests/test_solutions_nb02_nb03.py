@@ -29,7 +29,7 @@ def test_nearest_neighbours_match_brute_force():
         rows = vectors.tolist()
 
         def cos(a, b):
-            dot = sum(x * y for x, y in zip(a, b))
+            dot = sum(x * y for x, y in zip(a, b, strict=True))
             return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
         ranked = sorted((j for j in range(len(rows)) if j != i), key=lambda j: -cos(rows[i], rows[j]))

@@ -5,6 +5,7 @@ import random
 import sys
 import time
 import types
+from itertools import pairwise
 
 import pytest
 import tiktoken
@@ -85,7 +86,7 @@ def brute_force_merges(text, n_merges):
     for k in range(n_merges):
         counts = {}
         for s in seqs:
-            for p in zip(s, s[1:]):
+            for p in pairwise(s):
                 counts[p] = counts.get(p, 0) + 1
         best = max(counts.values())
         pair = min(p for p, c in counts.items() if c == best)

@@ -46,10 +46,10 @@ def reference_from(model: Transformer) -> nn.Transformer:
         ref = nn.Transformer(cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.decoder_layers, cfg.d_ff, dropout=0.0,
                              activation=cfg.activation, batch_first=True, norm_first=cfg.norm_first)
     ref.to(next(model.parameters()).dtype)  # before copying, so no rounding to float32
-    for ours, theirs in zip(model.encoder_layers, ref.encoder.layers):
+    for ours, theirs in zip(model.encoder_layers, ref.encoder.layers, strict=True):
         _copy_mha(ours.self_attn, theirs.self_attn)
         _copy_common(ours, theirs)
-    for ours, theirs in zip(model.decoder_layers, ref.decoder.layers):
+    for ours, theirs in zip(model.decoder_layers, ref.decoder.layers, strict=True):
         _copy_mha(ours.self_attn, theirs.self_attn)
         _copy_mha(ours.cross_attn, theirs.multihead_attn)
         _copy_common(ours, theirs)

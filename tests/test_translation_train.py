@@ -148,7 +148,7 @@ def test_resume_continues_exactly(tmp_path, capsys):
     assert "at step 3" in capsys.readouterr().out
     assert h2["step"] == 6 and [s for s, _ in h2["train_losses"]] == [1, 2, 3, 4, 5, 6]
     assert h1["train_losses"] == h2["train_losses"]
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert read_metadata(tmp_path / "b" / "checkpoint.safetensors")["train_state"]["step"] == 6
     assert (tmp_path / "b" / "tokenizer.json").exists()

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from course_lib.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from course_lib.checkpoint import CheckpointError, save_checkpoint, set_rng_state
 from course_lib.scaleout.distributed import DistContext, barrier, current, fsdp_isinstance, unwrap
 
 
@@ -141,16 +141,26 @@ def save(path, model, config: dict, optimizer=None, train_state=None, ctx=None) 
 
 
 def load(path, model: nn.Module, optimizer=None, ctx: DistContext | None = None) -> dict:
-    """Load a checkpoint written by any number of ranks into ``model`` (wrapped or not).
+    """Load a run folder or checkpoint, written by any number of ranks and in any of the
+    course's layouts (``course_lib.models.read_run``), into ``model`` (wrapped or not).
 
-    Rank 0 reads the file and broadcasts it; each rank keeps its own shard (FSDP) or a
-    full copy (DDP). The RNG state is restored on every rank. Returns the checkpoint
-    (``config``, ``train_state``, ...).
+    Rank 0 reads the file, checks its shared weights and broadcasts it; each rank keeps
+    its own shard (FSDP) or a full copy (DDP). The RNG state is restored on every rank.
+    Returns the checkpoint (``config``, ``train_state``, ...).
     """
+    from course_lib.models import load_weights, read_run, shared_weight_problem
+
     ctx = ctx or current()
-    ckpt = load_checkpoint(path) if ctx.is_main or not ctx.distributed else {}
+    ckpt = read_run(path) if ctx.is_main or not ctx.distributed else {}
+    problem = [shared_weight_problem(unwrap(model), ckpt["model"], ckpt["file"]) if ckpt else None]
+    if ctx.distributed:
+        dist.broadcast_object_list(problem, src=0)  # every rank stops, not only rank 0
+    if problem[0]:
+        raise CheckpointError(problem[0])
+    if optimizer is not None and ckpt.get("optimizer"):
+        ckpt["optimizer"] = _in_order(ckpt, model, optimizer)
     if not ctx.distributed:
-        unwrap(model).load_state_dict(ckpt["model"])
+        load_weights(unwrap(model), ckpt["model"], ckpt["file"])
         if optimizer is not None and ckpt["optimizer"] is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
     else:
@@ -164,3 +174,12 @@ def load(path, model: nn.Module, optimizer=None, ctx: DistContext | None = None)
         ckpt = {**ckpt, **box[0]}
     set_rng_state(ckpt["rng"])
     return ckpt
+
+
+def _in_order(ckpt: dict, model: nn.Module, optimizer) -> dict:
+    """The checkpoint's optimizer state indexed as ``optimizer`` indexes its parameters."""
+    from course_lib.models import optimizer_state_in_order
+
+    names = iter(_param_names(model, optimizer))
+    groups = [[next(names) for _ in g["params"]] for g in optimizer.param_groups]
+    return optimizer_state_in_order(ckpt["optimizer"], groups, ckpt["legacy"], ckpt["file"])

@@ -233,6 +233,8 @@ def rank_part(items, ctx: DistContext | None = None):
     mean loss by its share of the batch's items (tokens) so that unequal parts still give
     the single-process gradient.
     """
+    from course_lib.training.core import micro_batches  # the one splitter
+
     ctx = ctx or current()
     n, world = len(items), ctx.world_size
     if n < world:
@@ -240,9 +242,7 @@ def rank_part(items, ctx: DistContext | None = None):
             f"a batch of {n} item(s) cannot feed {world} ranks (each needs at least one); "
             "use a larger batch or fewer processes."
         )
-    base, extra = divmod(n, world)
-    start = ctx.rank * base + min(ctx.rank, extra)
-    return items[start : start + base + (ctx.rank < extra)]
+    return micro_batches(items, world)[ctx.rank]
 
 
 def average(t: torch.Tensor, ctx: DistContext | None = None) -> torch.Tensor:

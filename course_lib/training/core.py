@@ -33,7 +33,7 @@ from course_lib.checkpoint import (
     resolve_checkpoint,
 )
 from course_lib.env import progress_disabled
-from course_lib.models import with_old_defaults
+from course_lib.models import upgrade_train_state, with_old_defaults
 from course_lib.training.precision import PRECISIONS, Precision
 
 TOKENIZER = "tokenizer.json"
@@ -181,7 +181,7 @@ def saved_settings(out: str | Path) -> tuple[dict, dict]:
     override the defaults and the preset, so ``--out RUN --resume`` alone continues the run
     as it was started. Where and how this session runs (device, processes) is not taken."""
     meta = read_metadata(RunFolder(out).require_checkpoint())
-    saved = meta.get("train_state", {}).get("train_config")
+    saved = upgrade_train_state(meta.get("train_state", {})).get("train_config")  # any layout's names
     train = {k: v for k, v in (saved if isinstance(saved, dict) else {}).items() if k not in PER_SESSION}
     return train, with_old_defaults(meta["config"])
 

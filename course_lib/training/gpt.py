@@ -50,7 +50,6 @@ from course_lib.training.precision import choose_precision, compile_model
 
 # --arch: the model's design -> (config class, model class, presets)
 ARCHS = {"gpt": (GPTConfig, GPT, PRESETS), "llama": (llama.LlamaConfig, llama.Llama, llama.PRESETS)}
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12}
 
 
 @dataclass
@@ -129,10 +128,9 @@ def lr_at(step: int, cfg: GPTTrainConfig) -> float:
 
 def estimate_mfu(flops_per_token: float, tokens_per_s: float, device: torch.device) -> float | None:
     """Model FLOPs utilisation: achieved FLOP/s over the GPU's bf16 peak (None if unknown)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    from course_lib.training.plan import peak_flops  # the one GPU table
+
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     return None if peak is None else flops_per_token * tokens_per_s / peak
 
 
@@ -283,6 +281,7 @@ def command(argv=None) -> int:
         raise ValueError(f"--preset {args.preset} is not a preset of --arch {arch}; choose one of {sorted(presets)}.")
     model_values = {**presets[args.preset], **saved_model, **{k: v for k, v in file_values.items() if k in model_names},
                     **given(args, GPTConfig, "model_"), **given(args, llama.LlamaConfig, "model_")}
+    config_class.from_dict({"vocab_size": 256, **model_values})  # a mistake in the model's settings: now, not after the data
     text = load_text(cfg.data, max_chars=cfg.max_chars)
     if args.resume and run.tokenizer.exists():
         tokenizer = load_tokenizer(run.tokenizer)  # the run's own vocabulary

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 
 from course_lib.gpt import GPTConfig
 from course_lib.llama import LlamaConfig
+from course_lib.losses import IGNORE_INDEX
 from course_lib.transformer import TransformerConfig
 
 DECODERS = (GPTConfig, LlamaConfig)  # decoder-only language models: block_size tokens, (x, y) batches
@@ -369,7 +370,7 @@ def _training_step(model, opt, config, B: int, T: int, S: int, amp, keep: bool, 
             with amp:
                 logits = model(src, tgt[:, :-1])
             loss = F.cross_entropy(logits.float().flatten(0, 1), tgt[:, 1:].flatten(),
-                                   ignore_index=config.pad_id, label_smoothing=label_smoothing)
+                                   ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
         held[:] = [logits] if keep else []
         del logits
         loss = loss / n_micro

@@ -19,7 +19,6 @@ default; ``resources/gpu_results.md`` holds what was measured).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 from course_lib.gpt import GPTConfig
@@ -56,26 +55,40 @@ def _gpu(name, mib, cap, bf16, fp16, fp32):
 
 # Published figures: memory as nvidia-smi reports it, dense tensor-core peaks in TFLOP/s
 # (fp32 = TF32 tensor cores where the GPU has them, which choose_precision switches on).
+# The one GPU table: the planner and the trainers' MFU read it through ``known_gpu``.
 GPUS: dict[str, DeviceInfo] = {
     "T4": _gpu("Tesla T4", 15360, (7, 5), None, 65.0, 8.1),  # 16 GB; no bf16, no TF32
     "L4": _gpu("NVIDIA L4", 23034, (8, 9), 121.0, 121.0, 60.0),  # 24 GB
+    "A10": _gpu("NVIDIA A10", 23028, (8, 6), 125.0, 125.0, 62.5),  # 24 GB
     "A100-40GB": _gpu("NVIDIA A100-SXM4-40GB", 40960, (8, 0), 312.0, 312.0, 156.0),
     "A100-80GB": _gpu("NVIDIA A100-SXM4-80GB", 81920, (8, 0), 312.0, 312.0, 156.0),
     "H100": _gpu("NVIDIA H100 80GB HBM3", 81559, (9, 0), 989.0, 989.0, 494.0),  # SXM
+    "H100-PCIe": _gpu("NVIDIA H100 PCIe", 81559, (9, 0), 756.0, 756.0, 378.0),
     "H200": _gpu("NVIDIA H200", 143771, (9, 0), 989.0, 989.0, 494.0),  # 141 GB
 }
-_NAME_KEYS = [("H200", "H200"), ("H100", "H100"), ("A100", None), ("L4", "L4"), ("T4", "T4")]
+# The names CUDA gives each of them (torch.cuda.get_device_name), matched whole: an L40S is
+# not an L4, an A10G not an A10; an A100's memory and an H100's form factor are in the name.
+CUDA_NAMES = {
+    "T4": ("Tesla T4",), "L4": ("NVIDIA L4",), "A10": ("NVIDIA A10",),
+    "A100-40GB": ("NVIDIA A100-SXM4-40GB", "NVIDIA A100-PCIE-40GB"),
+    "A100-80GB": ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe"),
+    "H100": ("NVIDIA H100 80GB HBM3",), "H100-PCIe": ("NVIDIA H100 PCIe",), "H200": ("NVIDIA H200",),
+}
+_BY_NAME = {" ".join(n.lower().split()): key for key, names in CUDA_NAMES.items() for n in names}
 
 
-def known_gpu(name: str, memory_bytes: int | None = None) -> DeviceInfo | None:
-    """The table's entry for a CUDA device name such as ``"NVIDIA A100-SXM4-80GB"`` (whole
-    words: an L40S is not an L4), or None."""
-    for key, entry in _NAME_KEYS:
-        if re.search(rf"(?<![A-Za-z0-9]){key}(?![0-9])", name):
-            if entry is None:  # A100: 40 or 80 GB
-                entry = "A100-80GB" if (memory_bytes or 0) > 60 * GiB or "80GB" in name else "A100-40GB"
-            return GPUS[entry]
-    return None
+def known_gpu(name: str) -> DeviceInfo | None:
+    """The table's entry for a CUDA device name such as ``"NVIDIA A100-SXM4-80GB"`` (the
+    whole name, case and spacing aside), or None for a GPU the table does not hold."""
+    key = _BY_NAME.get(" ".join(name.lower().split()))
+    return GPUS[key] if key else None
+
+
+def peak_flops(name: str, precision: str = "bf16") -> float | None:
+    """Dense peak FLOP/s of the CUDA device ``name`` in ``precision`` (None where unknown)."""
+    entry = known_gpu(name)
+    tflops = entry.peak_tflops.get(precision) if entry else None
+    return None if tflops is None else tflops * 1e12
 
 
 def _system_memory() -> int:
@@ -97,7 +110,7 @@ def device_info(device=None) -> DeviceInfo:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         name, cap = props.name, tuple(torch.cuda.get_device_capability(device))
-        known = known_gpu(name, props.total_memory)
+        known = known_gpu(name)
         return DeviceInfo(name, "cuda", int(props.total_memory), cap, dict(known.peak_tflops) if known else {})
     if device.type == "mps":
         return DeviceInfo("Apple MPS", "mps", _system_memory())

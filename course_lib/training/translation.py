@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from course_lib import scaleout as D
 from course_lib.checkpoint import integer_problems, number_problems
 from course_lib.env import get_device
+from course_lib.losses import IGNORE_INDEX
 from course_lib.tokenizer import SPECIALS, BPETokenizer, WordTokenizer, special_ids
 from course_lib.training.core import (
     Parser,
@@ -52,7 +53,7 @@ from course_lib.training.core import (
     setting,
 )
 from course_lib.training.precision import choose_precision, compile_model
-from course_lib.transformer import COURSE_MODEL_KEYS, TransformerConfig
+from course_lib.transformer import COURSE_MODEL_KEYS, COURSE_TRAIN_KEYS, TransformerConfig, our_name
 
 PRESETS = {
     "small": dict(d_model=64, n_heads=4, n_layers=2, d_ff=128, dropout=0.0, max_len=64),  # CPU, notebook 07
@@ -60,8 +61,6 @@ PRESETS = {
     "multi30k-cpu": dict(d_model=256, n_heads=4, n_layers=3, d_ff=1024, dropout=0.1, norm_first=True, max_len=128),
     "base": {},  # the paper's base model: TransformerConfig's defaults (Table 3)
 }
-# The training names of the original seq2seq course's JSON config -> ours.
-COURSE_TRAIN_KEYS = {"train_data": "data", "learning_rate": "lr"}
 
 
 @dataclass
@@ -96,6 +95,8 @@ class TranslationTrainConfig(TrainConfig):
     def check(self) -> list[str]:
         problems = integer_problems(self, ("n_train", "n_valid", "epochs", "bpe_vocab_size", "eval_beam"))
         problems += integer_problems(self, ["average_last"], minimum=0)
+        if self.tokenizer not in ("word", "bpe"):
+            problems.append(f"tokenizer={self.tokenizer!r} must be 'word' or 'bpe'")
         if self.schedule not in ("noam", "linear"):
             problems.append(f"schedule={self.schedule!r} must be 'noam' or 'linear'")
         problems += number_problems(self, ["max_minutes"], above=True, optional=True)
@@ -111,7 +112,7 @@ def load_config(source: str | Path | dict) -> tuple[dict, dict]:
     model_names = set(TransformerConfig.__dataclass_fields__)
     train, model, unknown = {}, {}, []
     for key, value in d.items():
-        name = COURSE_TRAIN_KEYS.get(key, COURSE_MODEL_KEYS.get(key, key))
+        name = our_name(key)
         target = train if name in train_names else model if name in model_names else None
         if target is None:
             unknown.append(key)
@@ -186,7 +187,8 @@ def batch_loss(model, src, tgt, label_smoothing: float = 0.0, precision=None) ->
     with precision.autocast() if precision is not None else nullcontext():
         logits = model(src, tgt[:, :-1])
     wide = logits if logits.dtype == torch.float64 else logits.float()  # float32 at least
-    return F.cross_entropy(wide.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=model.config.pad_id,
+    target = tgt[:, 1:].masked_fill(tgt[:, 1:] == model.config.pad_id, IGNORE_INDEX)
+    return F.cross_entropy(wide.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX,
                            label_smoothing=label_smoothing)
 
 
@@ -393,6 +395,8 @@ def command(argv=None) -> int:
         raise ValueError(f"--until-step {args.until_step} must be >= 1.")
     get_device(cfg.device, source="--device")  # a device that is not here is an error now
     D.setup(cfg.device)  # joins torchrun's process group, if any; only rank 0 prints
+    model_values = {**PRESETS[preset], **saved_model, **model_file, **given(args, TransformerConfig, "model_")}
+    TransformerConfig.from_dict({**model_values, "src_vocab_size": 8, "tgt_vocab_size": 8, "pad_id": 0})  # now
     seed_everything(cfg.seed)
     train_pairs = load_pairs(cfg.data, "train", cfg.n_train, cfg.seed)
     valid_pairs = load_pairs(cfg.valid_data or cfg.data, "val", cfg.n_valid, cfg.seed, n_train=cfg.n_train)
@@ -402,8 +406,7 @@ def command(argv=None) -> int:
     else:
         tokenizer = build_tokenizer(train_pairs, cfg.tokenizer, cfg.bpe_vocab_size)
     model_cfg = TransformerConfig.from_dict({
-        **PRESETS[preset], **saved_model, **model_file, **given(args, TransformerConfig, "model_"),
-        "src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
+        **model_values, "src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
         "pad_id": tokenizer.special_tokens["<pad>"]})
     model = Transformer(model_cfg)
     log(f"model: {model.num_parameters():,} parameters; vocabulary {tokenizer.vocab_size}")
