@@ -4,7 +4,7 @@ Both train through the one training loop (``course_lib.training.loop.fit``), whi
 only the batches and the loss:
 
 - SFT: next-token cross-entropy on the tokens the mask marks (the assistant's replies);
-  a batch is ``(ids, targets)`` with target -1 where nothing is learned.
+  a batch is ``(ids, targets)`` with target ``IGNORE_INDEX`` where nothing is learned.
 - DPO (Rafailov et al., 2023, eq. 7)::
 
       L = -log sigmoid( beta * [ (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)) ] )
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.chat import encode_chat
+from course_lib.losses import IGNORE_INDEX
 
 
 def pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -30,10 +31,10 @@ def pad(rows: list[list[int]], value: int) -> torch.Tensor:
 
 
 def sft_targets(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Targets for next-token prediction: ``ids`` shifted left, -1 (ignored) where the next
+    """Targets for next-token prediction: ``ids`` shifted left, ``IGNORE_INDEX`` where the next
     token is not to be learned (mask 0) and at the last position."""
-    targets = torch.full_like(ids, -1)
-    targets[..., :-1] = ids[..., 1:].masked_fill(mask[..., 1:] == 0, -1)
+    targets = torch.full_like(ids, IGNORE_INDEX)
+    targets[..., :-1] = ids[..., 1:].masked_fill(mask[..., 1:] == 0, IGNORE_INDEX)
     return targets
 
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from course_lib.attention import KVCache
 from course_lib.checkpoint import config_from_dict, integer_problems, number_problems
+from course_lib.losses import IGNORE_INDEX
 from course_lib.rope import RotaryEmbedding
 
 PRESETS: dict[str, dict] = {
@@ -275,7 +276,7 @@ class Llama(nn.Module):
         loss = None
         if targets is not None:
             wide = logits if logits.dtype == torch.float64 else logits.float()
-            loss = F.cross_entropy(wide.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(wide.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     # ---- Hugging Face weights (LlamaForCausalLM, Qwen3ForCausalLM) ---------------------------
