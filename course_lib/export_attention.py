@@ -162,10 +162,13 @@ def build_inputs(model: nn.Module, tokenizer, text: str, target: str | None = No
     """``(inputs, source labels, target labels)`` for one text.
 
     A model class may define ``attention_inputs(tokenizer, text, target)`` returning the
-    same triple (to follow its own conventions, e.g. special tokens). Otherwise: a model
-    whose ``forward`` takes one input gets the text's ids ``(1, L)``; one that takes two
-    (an encoder-decoder) gets the source ids and the target ids, after ``<bos>`` when the
-    tokenizer has one (the decoder's input is shifted right).
+    same triple (to follow its own conventions). Otherwise: a model whose ``forward`` takes
+    one input gets the text's ids ``(1, L)``; one that takes two (an encoder-decoder) gets
+    the pair as the translator is trained on it (``training.translation.encode_pairs``): the
+    source ids then ``<eos>``, and ``<bos>``, the target ids, ``<eos>`` (each special token
+    where the tokenizer has it). The special tokens stay in the maps and in the labels: a
+    translator attends to the source's ``<eos>`` a good deal, and the last row of a
+    decoder map is the position that reads the target's ``<eos>``.
     """
     if hasattr(model, "attention_inputs"):
         return model.attention_inputs(tokenizer, text, target)
@@ -183,7 +186,14 @@ def build_inputs(model: nn.Module, tokenizer, text: str, target: str | None = No
             f"{type(model).__name__} is an encoder-decoder: give --target, the decoder's input "
             "text (a reference translation, or the model's own output)."
         )
-    bos = getattr(target_tokenizer, "special_tokens", {}).get("<bos>")
-    tgt = ([bos] if bos is not None else []) + target_tokenizer.encode(target)
+    src_specials = getattr(tokenizer, "special_tokens", {})
+    tgt_specials = getattr(target_tokenizer, "special_tokens", {})
+    src = src + _present(src_specials.get("<eos>"))
+    tgt = (_present(tgt_specials.get("<bos>")) + target_tokenizer.encode(target)
+           + _present(tgt_specials.get("<eos>")))
     return ((torch.tensor([src]), torch.tensor([tgt])), token_labels(tokenizer, src),
             token_labels(target_tokenizer, tgt))
+
+
+def _present(token_id: int | None) -> list[int]:
+    return [] if token_id is None else [token_id]

@@ -163,6 +163,7 @@ def test_a_checkpoint_naming_code_is_refused_and_nothing_is_imported(tmp_path):
 
 def test_cli_writes_maps_from_a_run_folder(tmp_path):
     from course_lib.tokenizer import SPECIALS, WordTokenizer
+    from course_lib.training.translation import encode_pairs
     from course_lib.transformer import Transformer, TransformerConfig
 
     texts = ["a man rides a bike .", "ein mann fährt rad ."]
@@ -183,8 +184,7 @@ def test_cli_writes_maps_from_a_run_folder(tmp_path):
     assert len(list(out.glob("*_head*.pdf"))) == 12 and not list(out.glob("*.png"))
     assert len(list(out.glob("grid_*.pdf"))) == 3
     index = json.loads((out / "attention.json").read_text())
-    src = tok.encode(texts[0])
-    tgt = [tok.special_tokens["<bos>"]] + tok.encode(texts[1])
+    (src, tgt), = encode_pairs(tok, [texts], max_len=16)[0]  # the pair as training builds it
     cross = next(m for m in index["modules"] if m["kind"] == "decoder cross")
     assert cross["key_tokens"] == [tok.decode([i]) for i in src]
     assert cross["query_tokens"] == [tok.decode([i]) for i in tgt]
@@ -195,3 +195,32 @@ def test_cli_writes_maps_from_a_run_folder(tmp_path):
     bad = subprocess.run(cmd[:6] + ["--out", str(tmp_path / "x")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "give --target" in bad.stderr
+
+
+def test_build_inputs_keeps_the_special_tokens_a_translator_is_trained_with(tmp_path):
+    """The source's <eos> (which a translator attends to) and the target's <bos> and <eos>
+    are in the exported inputs, maps and labels, as in training's encode_pairs; a GPT's
+    text gets no token it was not given."""
+    from course_lib.tokenizer import SPECIALS, CharTokenizer, WordTokenizer
+    from course_lib.training.translation import encode_pairs
+    from course_lib.transformer import Transformer, TransformerConfig
+
+    en, de = "a man rides a bike .", "ein mann fährt rad ."
+    tok = WordTokenizer.from_texts([en, de], special_tokens=SPECIALS)
+    torch.manual_seed(3)
+    model = Transformer(TransformerConfig(src_vocab_size=tok.vocab_size, tgt_vocab_size=tok.vocab_size, d_model=8,
+                                          n_heads=2, n_layers=1, n_decoder_layers=1, d_ff=16, max_len=16)).eval()
+    (src, tgt), = encode_pairs(tok, [(en, de)], max_len=16)[0]
+    inputs, src_labels, tgt_labels = ea.build_inputs(model, tok, en, de)
+    assert [t.tolist() for t in inputs] == [[src], [tgt]]
+    assert src_labels == en.split() + ["<eos>"] and tgt_labels == ["<bos>"] + de.split() + ["<eos>"]
+    index = ea.export_attention_maps(model, *inputs, tokens=src_labels, target_tokens=tgt_labels, out_dir=tmp_path)
+    cross = next(m for m in index["modules"] if m["kind"] == "decoder cross")
+    assert cross["query_tokens"][-1] == "<eos>" and cross["key_tokens"][-1] == "<eos>"
+    saved = load_file(str(tmp_path / "attention.safetensors"))["decoder_cross"]
+    assert saved.shape[-2:] == (len(de.split()) + 2, len(en.split()) + 1)
+    torch.testing.assert_close(saved[0], hooked_weights(model, *inputs)["decoder_layers.0.cross_attn"][0])
+
+    chars = CharTokenizer.from_text("abc")
+    (ids,), labels, _ = ea.build_inputs(TinyGPT(vocab=3), chars, "cab")
+    assert ids.tolist() == [[2, 0, 1]] and labels == list("cab")
