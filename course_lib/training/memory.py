@@ -36,6 +36,7 @@ estimate is then an upper bound.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from course_lib.gpt import GPTConfig
@@ -310,51 +311,55 @@ def _storage_bytes(tensors) -> int:
     return sum(st.nbytes() for st in storages.values())
 
 
-def _training_step(model, opt, config, B: int, T: int, S: int, amp, keep: bool, label_smoothing: float,
-                   device, scaler=None):
-    """``step(n_micro)``: one optimizer step of ``n_micro`` micro-batches of random tokens, as
-    the trainers run it (the GPT trainer holds the logits; the loss is taken in float32).
-    Returns the bytes of the gradients just before the optimizer step."""
+def _training_step(model, opt, config, B: int, T: int, S: int, precision, keep: bool, label_smoothing: float,
+                   device):
+    """``step(n_micro)``: one optimizer step of the shipped ``train_step`` with the trainers'
+    losses, on a batch of ``n_micro`` micro-batches of ``B`` random sequences; ``keep``
+    holds each micro-batch's logits through its backward pass. Returns the bytes of the
+    gradients just before the optimizer step."""
     import torch
-    import torch.nn.functional as F
+
+    from course_lib.training.loop import train_step
+    from course_lib.training.translation import target_loss
 
     is_gpt = isinstance(config, GPTConfig)
-    held = []
+    held, grads = [], []
 
-    nbytes = _storage_bytes
-
-    def micro_step(n_micro: int):
+    def loss_of(m, batch):  # the trainers' losses, with the logits in sight
         if is_gpt:
-            chunk = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
-            x, y = chunk[:, :-1], chunk[:, 1:]
-            with amp:
-                logits, loss = model(x, y)
+            logits, loss = m(*batch)
         else:
-            src = torch.randint(1, config.src_vocab_size, (B, S), device=device)
-            tgt = torch.randint(1, config.tgt_vocab_size, (B, T + 1), device=device)
-            with amp:
-                logits = model(src, tgt[:, :-1])
-            loss = F.cross_entropy(logits.float().flatten(0, 1), tgt[:, 1:].flatten(),
-                                   ignore_index=config.pad_id, label_smoothing=label_smoothing)
+            logits = m(batch[0], batch[1][:, :-1])
+            loss = target_loss(logits, batch[1], config.pad_id, label_smoothing)
         held[:] = [logits] if keep else []
-        del logits
-        loss = loss / n_micro
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        return loss
+
+    def gradient_bytes(max_norm: float) -> None:  # where the step clips: the gradients are all there
+        grads[:] = [_storage_bytes(p.grad for p in model.parameters() if p.grad is not None)]
 
     def step(n_micro: int) -> int:
-        for _ in range(n_micro):
-            micro_step(n_micro)
-        grads = nbytes(p.grad for p in model.parameters() if p.grad is not None)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
+        if is_gpt:
+            chunk = torch.randint(0, config.vocab_size, (n_micro * B, T + 1), device=device)
+            batch = (chunk[:, :-1], chunk[:, 1:])
         else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+            batch = (torch.randint(1, config.src_vocab_size, (n_micro * B, S), device=device),
+                     torch.randint(1, config.tgt_vocab_size, (n_micro * B, T + 1), device=device))
+        train_step(model, opt, batch, loss_of, grad_accum=n_micro, precision=precision, clip_grad=gradient_bytes)
         held.clear()
-        return grads
+        return grads[0]
 
     return step
+
+
+@contextmanager
+def _replaced(module, name: str, value):
+    """``module.name`` is ``value`` inside the block, and what it was after."""
+    before = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, before)
 
 
 def _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits):
@@ -375,31 +380,29 @@ def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
     ``total`` and the bytes of ``parameters``, ``buffers``, ``gradients`` and ``optimizer``
     state as the real optimizer made them. Nothing is allocated: it runs for ``gpt2-124m``.
     """
-    from unittest import mock
-
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     import course_lib.attention as A
     import course_lib.embeddings as E
     from course_lib.gpt import GPT
-    from course_lib.training.precision import DTYPES
+    from course_lib.training.precision import Precision
     from course_lib.transformer import Transformer
 
     T, S, keep = _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits)
-    amp = (torch.autocast("cpu", dtype=DTYPES[precision]) if precision != "fp32"
-           else torch.autocast("cpu", enabled=False))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)  # fake tensors cannot be checked for overflow
+    prec = Precision(precision, "cpu", scaler=scaler)
 
     nbytes = _storage_bytes
 
     # The embeddings check token ids on the host (int(ids.max())), which fake tensors cannot;
     # attention takes the fused kernel (as on a GPU) however many threads this CPU runs.
-    with (mock.patch.object(E, "_check_ids", lambda ids, vocab_size: None),
-          mock.patch.object(A, "CPU_SHORT_ATTENTION", 0), FakeTensorMode()):
+    with _replaced(E, "_check_ids", lambda ids, vocab_size: None), _replaced(A, "CPU_SHORT_ATTENTION", 0), \
+            FakeTensorMode():
         with torch.device("cpu"):
             model = GPT(config) if isinstance(config, GPTConfig) else Transformer(config)
         opt = _make_optimizer(model.parameters(), optimizer)
-        step = _training_step(model, opt, config, batch_size, T, S, amp, keep, label_smoothing, "cpu")
+        step = _training_step(model, opt, config, batch_size, T, S, prec, keep, label_smoothing, "cpu")
         for p in model.parameters():  # one step on zero gradients creates the optimizer state
             p.grad = torch.zeros_like(p)
         opt.step()
@@ -440,8 +443,7 @@ def measure_cuda_memory(config: GPTConfig | TransformerConfig, batch_size: int, 
            "sgd": lambda p, **k: torch.optim.SGD(p, momentum=0.9, **k)}[optimizer](
         model.parameters(), lr=1e-4, **fused)
     fn = maybe_compile(model, compile, log=print)
-    step = _training_step(fn, opt, config, batch_size, T, S, prec.autocast(), keep, label_smoothing, device,
-                          scaler=prec.scaler if prec.uses_scaler else None)
+    step = _training_step(fn, opt, config, batch_size, T, S, prec, keep, label_smoothing, device)
     step(grad_accum)
     if cuda:
         torch.cuda.synchronize()

@@ -179,8 +179,14 @@ def batch_loss(model, src, tgt, label_smoothing: float = 0.0, precision=None) ->
     """Mean cross-entropy of predicting ``tgt[:, 1:]`` from ``tgt[:, :-1]`` (padding ignored)."""
     with precision.autocast() if precision is not None else nullcontext():
         logits = model(src, tgt[:, :-1])
-    wide = logits if logits.dtype == torch.float64 else logits.float()  # float32 at least
-    return F.cross_entropy(wide.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=model.config.pad_id,
+    return target_loss(logits, tgt, model.config.pad_id, label_smoothing)
+
+
+def target_loss(logits, tgt, pad_id: int, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` (B, T, V) against ``tgt[:, 1:]``, padding ignored,
+    taken in float32 at least."""
+    wide = logits if logits.dtype == torch.float64 else logits.float()
+    return F.cross_entropy(wide.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=pad_id,
                            label_smoothing=label_smoothing)
 
 
