@@ -1,9 +1,10 @@
-"""What both training loops share: settings, the run folder, checkpoints and resume,
-learning-rate schedules, evaluation cadence, progress and logging, the loss plot, and
-the command line built from the settings.
+"""What both training commands share: settings, the run folder, checkpoints and resume,
+learning-rate schedules, the trainer's setup (``Trainer``: device, wrapping, compile,
+optimizer, precision, state, a checkpoint at each evaluation), logging, the loss plot,
+and the command line built from the settings.
 
-The loops themselves (``course_lib.training.gpt`` and ``course_lib.training.translation``)
-stay short and explicit; everything here is plumbing they call.
+The steps themselves are ``course_lib.training.loop.fit``'s; ``course_lib.training.gpt``
+and ``course_lib.training.translation`` give it their batches and their loss.
 
 A run folder holds ``checkpoint.safetensors`` (weights, optimizer, RNG and training state;
 safetensors + JSON, never pickle, written atomically), ``config.json`` (the model's
@@ -32,7 +33,7 @@ from course_lib.checkpoint import (
     read_metadata,
     resolve_checkpoint,
 )
-from course_lib.env import get_device, progress_disabled
+from course_lib.env import get_device
 from course_lib.models import with_old_defaults
 from course_lib.training.loop import fit, micro_batches  # noqa: F401 (micro_batches: re-exported)
 from course_lib.training.precision import PRECISIONS, Precision, choose_precision, compile_model
@@ -102,11 +103,6 @@ def new_state(cfg: TrainConfig) -> dict:
 
 
 # ---- learning rate -------------------------------------------------------------------------
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
 
 def cosine_lr(step: int, lr: float, min_lr: float, warmup: int, steps: int) -> float:
     """Linear warmup over ``warmup`` steps, then a cosine from ``lr`` down to ``min_lr`` (GPT)."""
@@ -243,7 +239,7 @@ class Trainer:
                    progress=cfg.progress, forward_model=self.step_model, **options)
 
 
-# ---- progress and logging --------------------------------------------------------------------
+# ---- logging and the loss plot ----------------------------------------------------------------
 
 def log(msg: str) -> None:
     """Print on rank 0 only, without breaking a progress bar."""
@@ -251,29 +247,6 @@ def log(msg: str) -> None:
         from tqdm import tqdm
 
         tqdm.write(msg)
-
-
-class Progress:
-    """A progress bar on rank 0 (off with ``progress=False`` or ``TQDM_DISABLE=1``)."""
-
-    def __init__(self, total: int, initial: int, cfg: TrainConfig, desc: str = "training"):
-        from tqdm import tqdm
-
-        disable = not cfg.progress or progress_disabled() or not D.current().is_main
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=disable)
-
-    def update(self, **postfix) -> None:
-        self.bar.update(1)
-        if postfix:
-            self.bar.set_postfix(postfix, refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def is_eval_step(step: int, cfg: TrainConfig, last_step: int) -> bool:
-    """Evaluate, log and checkpoint every ``eval_every`` steps and after the last one."""
-    return step % cfg.eval_every == 0 or step == last_step
 
 
 def plot_losses(state: dict, title: str = "training"):

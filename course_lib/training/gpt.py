@@ -7,8 +7,9 @@ precision, torch.compile, evaluation, checkpoints and exact resume.
 
 Data order is a pure function of (seed, step), so a resumed run draws exactly the
 batches the uninterrupted run would have; the checkpoint also restores the optimizer and
-the RNG state (dropout). The plumbing (run folder, checkpoints, precision, progress) is
-``course_lib.training.core``; this file is the loop.
+the RNG state (dropout). This file gives the batches and the loss; the steps are
+``course_lib.training.loop.fit``'s, set up by ``course_lib.training.core.Trainer`` (run
+folder, checkpoints, precision, several processes).
 
     python -m course_lib train gpt --preset tiny --data stdlib --steps 500
 """
@@ -143,7 +144,7 @@ def evaluate(model, data: TokenData, cfg: GPTTrainConfig, device, precision) -> 
     return out
 
 
-# ---- the loop ------------------------------------------------------------------------------
+# ---- training --------------------------------------------------------------------------------
 
 def train(model: GPT, data: TokenData, cfg: GPTTrainConfig, tokenizer=None, resume: bool = False,
           until_step: int | None = None, make_optimizer=None) -> dict:

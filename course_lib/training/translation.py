@@ -9,9 +9,9 @@
     "Sentence pairs were batched together by approximate sequence length."  (5.1)
 
 One function, ``train``, serves the notebook and ``python -m course_lib train translate``:
-length-grouped padded batches, the warmup schedule, label smoothing, and the shared
-plumbing of ``course_lib.training.core`` (run folder, checkpoints and exact resume,
-precision, progress). One tokenizer with a joint vocabulary serves both languages, so the
+length-grouped padded batches weighted by their target tokens, the warmup schedule, label
+smoothing; the steps are ``course_lib.training.loop.fit``'s, set up by
+``course_lib.training.core.Trainer`` (run folder, checkpoints and exact resume, precision). One tokenizer with a joint vocabulary serves both languages, so the
 embeddings can be shared.
 """
 
@@ -208,7 +208,7 @@ def evaluate_loss(model, examples, batch_size: int = 64, precision=None) -> floa
     return total / count
 
 
-# ---- the loop ------------------------------------------------------------------------------
+# ---- training --------------------------------------------------------------------------------
 
 def average_weights(snapshots: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The element-wise mean of several state dicts (checkpoint averaging: "we used a single
