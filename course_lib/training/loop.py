@@ -121,7 +121,7 @@ def fit(model, optimizer, batch_at: Callable[[int], Batch], loss_of, *, steps: i
         raise ValueError(f"fit: steps={steps} must be >= 0, eval_every={eval_every} and "
                          f"grad_accum={grad_accum} >= 1.")
     state = state if state is not None else {"step": 0}
-    for key, empty in (("train_losses", []), ("evals", []), ("train_seconds", 0.0)):
+    for key, empty in (("step", 0), ("train_losses", []), ("evals", []), ("train_seconds", 0.0)):
         state.setdefault(key, empty)
     state["stopped"] = "steps"
     ctx = D.current(_device_of(model))
