@@ -92,9 +92,12 @@ def train_step(model, optimizer, batch: Batch, loss_of, *, grad_clip: float = 1.
         with talk:
             with precision.autocast():
                 loss = loss_of(forward_model, part)
-            precision.backward(loss / grad_accum if weight is None else loss * weight)
-        piece = loss.detach() / grad_accum if weight is None else loss.detach() * weight
-        step_loss = piece if step_loss is None else step_loss + piece
+            if weight is not None:
+                loss = loss * weight
+            elif grad_accum > 1:
+                loss = loss / grad_accum
+            precision.backward(loss)
+        step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
     precision.step(optimizer, clip_grad or clip_parameters(model), grad_clip)
     optimizer.zero_grad(set_to_none=True)
     return step_loss
