@@ -84,6 +84,8 @@ def beam_search(model, src: torch.Tensor, bos_id: int, eos_id: int, beam_size: i
     fall, so ``score / lp(max_new_tokens)`` bounds what an unfinished one can reach).
     Returns the best hypothesis's ids (as ``greedy_decode``).
     """
+    # One piece, longer than the others here: the search read top to bottom, and the
+    # one-sentence reference that batched_beam_search (with its helpers) is tested against.
     model.eval()
     if src.dim() == 1:
         src = src[None]
