@@ -14,7 +14,8 @@ interleaved rounds (so a busy machine slows all three alike; the median round co
 - reference: written the way the fastest small implementations are: one fused q/k/v
   projection, PyTorch's fused attention and GELU (the config's: exact for the small presets,
   as nanoGPT's, GPT-2's tanh for gpt2-*), no checks in the hot path;
-- course: ``course_lib.gpt`` as ``course_lib.training.gpt`` trains it; on the CPU also with
+- course: ``course_lib.gpt`` stepped by ``course_lib.training.loop.train_step``, as
+  ``course_lib.training.gpt`` trains it; on the CPU also with
   GPT-2's tanh GELU (``activation="gelu_tanh"``), to show what the exact GELU buys there.
 
 On CUDA all three get bf16 autocast, ``torch.compile`` and fused AdamW; on the CPU float32, eager.
@@ -44,7 +45,9 @@ from course_lib.env import get_device  # noqa: E402
 from course_lib.generate import generate  # noqa: E402
 from course_lib.gpt import GPT, PRESETS, GPTConfig  # noqa: E402
 from course_lib.training.gpt import GPTTrainConfig, configure_optimizer, get_batch  # noqa: E402
+from course_lib.training.loop import train_step  # noqa: E402
 from course_lib.training.plan import peak_flops  # noqa: E402
+from course_lib.training.precision import Precision  # noqa: E402
 from course_lib.transformer import ACTIVATIONS  # noqa: E402
 
 
@@ -119,18 +122,23 @@ def sync(device):
 class Trainer:
     """One model's training steps (forward, backward, clip, AdamW), timed on request."""
 
-    def __init__(self, model, cfg: GPTTrainConfig, device, compile_it: bool):
-        self.model, self.cfg, self.device = model, cfg, device
+    def __init__(self, model, cfg: GPTTrainConfig, device, compile_it: bool, shipped: bool = False):
+        self.model, self.cfg, self.device, self.shipped = model, cfg, device, shipped
         self.step_fn = torch.compile(model) if compile_it else model
         self.opt = configure_optimizer(model, cfg, device)
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+        self.precision = Precision("bf16" if device.type == "cuda" else "fp32", device.type)
 
     def run(self, tokens, block, first_step, steps, clock=time.perf_counter) -> float:
-        """Seconds for ``steps`` training steps."""
+        """Seconds for ``steps`` training steps (``shipped``: the library's ``train_step``)."""
         sync(self.device)
         start = clock()
         for s in range(first_step, first_step + steps):
             x, y = get_batch(tokens, self.cfg.batch_size, block, 0, s, device=self.device)
+            if self.shipped:
+                train_step(self.model, self.opt, (x, y), lambda m, b: m(*b)[1], precision=self.precision,
+                           forward_model=self.step_fn)
+                continue
             with self.amp:
                 _, loss = self.step_fn(x, y)
             loss.backward()
@@ -283,7 +291,7 @@ def main(argv=None) -> int:
     trainers = {}
     for name, build in models.items():
         torch.manual_seed(0)
-        trainers[name] = Trainer(build(c).to(device), cfg, device, compile_it=cuda)
+        trainers[name] = Trainer(build(c).to(device), cfg, device, compile_it=cuda, shipped=name.startswith("course"))
     steps, rounds = args.steps or (20 if cuda else 10), args.rounds
     # --clock cpu: the process's CPU time, which other programs on a shared machine barely change
     clock = time.process_time if args.clock == "cpu" else time.perf_counter

@@ -151,29 +151,28 @@ def linear_schedule(step: int, lr: float, warmup: int, steps: int) -> float:
 def fit(model: nn.Module, loss_fn: Callable[[int], torch.Tensor], steps: int, lr: float = 1e-3,
         warmup: int = 0, weight_decay: float = 0.01, grad_clip: float = 1.0) -> dict:
     """The short loop: for each step, ``loss_fn(step)`` (a batch's loss), backward, clip,
-    AdamW with ``linear_schedule``. Returns ``{"losses": [...], "seconds": ...}``."""
+    AdamW with ``linear_schedule``, through the library's one loop
+    (``course_lib.training.loop.fit``). Returns ``{"losses": [...], "seconds": ...}``."""
+    from course_lib.training.loop import fit as fit_steps
+
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be an integer >= 1.")
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": rest, "weight_decay": 0.0}], lr=lr)
-    model.train()
     losses = []
-    start = time.perf_counter()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = linear_schedule(step, lr, warmup, steps)
+
+    def loss_of(_model, step: int) -> torch.Tensor:
         loss = loss_fn(step)
-        value = loss.detach().item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"the loss is {value} at step {step}; lower the learning rate.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        losses.append(value)
+        losses.append(loss.detach().item())
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"the loss is {losses[-1]} at step {step}; lower the learning rate.")
+        return loss
+
+    start = time.perf_counter()
+    fit_steps(model, opt, lambda step: step, loss_of, steps=steps, grad_clip=grad_clip or 0.0, progress=False,
+              lr_at=lambda step: linear_schedule(step, lr, warmup, steps), eval_every=steps)
     model.eval()
     return {"losses": losses, "seconds": time.perf_counter() - start}
 

@@ -84,6 +84,8 @@ def beam_search(model, src: torch.Tensor, bos_id: int, eos_id: int, beam_size: i
     fall, so ``score / lp(max_new_tokens)`` bounds what an unfinished one can reach).
     Returns the best hypothesis's ids (as ``greedy_decode``).
     """
+    # One piece, longer than the others here: the search read top to bottom, and the
+    # one-sentence reference that batched_beam_search (with its helpers) is tested against.
     model.eval()
     if src.dim() == 1:
         src = src[None]
@@ -162,22 +164,13 @@ def batched_beam_search(model, src: torch.Tensor, bos_id: int, eos_id: int, beam
     and the caches), so the batch shrinks as sentences finish.
     """
     model.eval()
-    if src.dim() != 2:
-        raise ValueError(f"batched_beam_search takes source ids of shape (B, L), got {tuple(src.shape)}.")
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}.")
-    B, K, device = src.shape[0], beam_size, src.device
-    limits = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    if len(limits) != B:
-        raise ValueError(f"max_new_tokens has {len(limits)} limits for {B} sentences; give one per sentence.")
-    limits = [min(n, model.config.max_len - 1) for n in limits]
-    pad = model.config.pad_id
+    K, device, pad = beam_size, src.device, model.config.pad_id
+    limits = _beam_limits(model, src, beam_size, max_new_tokens)
     src_mask = padding_mask(src, pad)
-    memory = model.encode(src, src_mask)
     results: list[list[int] | None] = [None if n > 0 else [] for n in limits]
-    active = [b for b in range(B) if limits[b] > 0]  # sentences still searching, in batch order
+    active = [b for b in range(len(limits)) if limits[b] > 0]  # sentences still searching, in batch order
     rows = torch.tensor(active, device=device).repeat_interleave(K)
-    mem, mmask = memory.index_select(0, rows), src_mask.index_select(0, rows)
+    mem, mmask = model.encode(src, src_mask).index_select(0, rows), src_mask.index_select(0, rows)
     seqs = torch.full((len(active) * K, 1), bos_id, dtype=torch.long, device=device)
     scores = torch.full((len(active), K), float("-inf"), dtype=torch.float64, device=device)
     scores[:, 0] = 0.0  # one hypothesis (<bos>) per sentence at the start
@@ -193,54 +186,76 @@ def batched_beam_search(model, src: torch.Tensor, bos_id: int, eos_id: int, beam
         V = logp.shape[-1]
         cand = (scores[:, :, None] + logp.view(len(active), K, V)).view(len(active), K * V)
         n_finite = torch.isfinite(cand).sum(-1).tolist()
-        top_scores, top_idx = cand.topk(min(K * V, 2 * K + 1), dim=-1)
-        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+        top_scores, top_idx = (v.tolist() for v in cand.topk(min(K * V, 2 * K + 1), dim=-1))
         seq_rows = seqs.tolist()
-        next_active, pick_rows, pick_tok, pick_scores = [], [], [], []
+        next_active, picks = [], []  # picks: (row, token, score) of each kept hypothesis
         for a, b in enumerate(active):
-            k = min(K, n_finite[a])
             last_step = t == limits[b] - 1
-            keep_rows, keep_tok, keep_scores = [], [], []
-            for rank, (sc, idx) in enumerate(zip(top_scores[a], top_idx[a])):
-                if sc == float("-inf"):
-                    break
-                row, tok = divmod(idx, V)
-                if tok == eos_id or last_step:
-                    if rank < k:
-                        ids = seq_rows[a * K + row][1:] + [tok]
-                        finished[b].append((sc / length_penalty(len(ids), alpha), ids))
-                elif len(keep_rows) < K:
-                    keep_rows.append(row)
-                    keep_tok.append(tok)
-                    keep_scores.append(sc)
-                if len(keep_rows) == K and rank >= k - 1:
-                    break
-            done = not keep_rows or last_step
-            if not done and finished[b]:
-                best = max(f[0] for f in finished[b])
-                bound = max(keep_scores) / length_penalty(limits[b], alpha) if alpha > 0 else max(keep_scores)
-                done = best >= bound
-            if done:
+            keep = _beam_choice(top_scores[a], top_idx[a], V, K, min(K, n_finite[a]), last_step, eos_id, alpha,
+                                seq_rows[a * K:(a + 1) * K], finished[b])
+            if _beam_done(keep, last_step, finished[b], limits[b], alpha):
                 results[b] = max(finished[b], key=lambda f: f[0])[1] if finished[b] else seq_rows[a * K][1:]
                 continue
-            empty = K - len(keep_rows)  # rows without a hypothesis: any row, score -inf
-            next_active.append((a, b))
-            pick_rows += [a * K + r for r in keep_rows] + [a * K] * empty
-            pick_tok += keep_tok + [pad] * empty
-            pick_scores.append(keep_scores + [float("-inf")] * empty)
+            next_active.append((a, b))  # rows without a hypothesis: any row, score -inf
+            picks += [(a * K + r, tok, sc) for r, tok, sc in keep] + [(a * K, pad, float("-inf"))] * (K - len(keep))
         if not next_active:
             break
-        index = torch.tensor(pick_rows, device=device)
-        seqs = torch.cat([seqs.index_select(0, index), torch.tensor(pick_tok, device=device)[:, None]], dim=1)
-        scores = torch.tensor(pick_scores, dtype=torch.float64, device=device)
+        index = torch.tensor([r for r, _, _ in picks], device=device)
+        seqs = torch.cat([seqs.index_select(0, index), torch.tensor([[tok] for _, tok, _ in picks], device=device)], 1)
+        scores = torch.tensor([sc for _, _, sc in picks], dtype=torch.float64, device=device).view(-1, K)
         kept = torch.tensor([a for a, _ in next_active], device=device).repeat_interleave(K) * K
         mem, mmask = mem.index_select(0, kept), mmask.index_select(0, kept)
-        if caches is not None:
-            for c in caches:
-                c.reorder(index)
+        for c in caches or []:
+            c.reorder(index)
         active = [b for _, b in next_active]
         t += 1
     return results
+
+
+def _beam_limits(model, src: torch.Tensor, beam_size: int, max_new_tokens: int | list[int]) -> list[int]:
+    """Each sentence's limit of new tokens (within the model's context), after the checks."""
+    if src.dim() != 2:
+        raise ValueError(f"batched_beam_search takes source ids of shape (B, L), got {tuple(src.shape)}.")
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}.")
+    B = src.shape[0]
+    limits = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(limits) != B:
+        raise ValueError(f"max_new_tokens has {len(limits)} limits for {B} sentences; give one per sentence.")
+    return [min(n, model.config.max_len - 1) for n in limits]
+
+
+def _beam_choice(top_scores: list[float], top_idx: list[int], V: int, K: int, k: int, last_step: bool,
+                 eos_id: int, alpha: float, seq_rows: list[list[int]], finished: list) -> list[tuple]:
+    """One sentence's step: walk its best candidates (flat indices ``row * V + token``); an
+    ``<eos>`` (or any token at the last step) among the ``k`` best ends a hypothesis, added
+    to ``finished`` with its length-penalised score; the others, up to ``K``, go on.
+    Returns the (row, token, score) of those that go on."""
+    keep = []
+    for rank, (sc, idx) in enumerate(zip(top_scores, top_idx)):
+        if sc == float("-inf"):
+            break
+        row, tok = divmod(idx, V)
+        if tok == eos_id or last_step:
+            if rank < k:
+                ids = seq_rows[row][1:] + [tok]
+                finished.append((sc / length_penalty(len(ids), alpha), ids))
+        elif len(keep) < K:
+            keep.append((row, tok, sc))
+        if len(keep) == K and rank >= k - 1:
+            break
+    return keep
+
+
+def _beam_done(keep: list[tuple], last_step: bool, finished: list, limit: int, alpha: float) -> bool:
+    """Whether a sentence's search is over: nothing goes on, the last step, or no live
+    hypothesis can beat the best finished one any more."""
+    if not keep or last_step:
+        return True
+    if not finished:
+        return False
+    best, top = max(f[0] for f in finished), max(sc for _, _, sc in keep)
+    return best >= (top / length_penalty(limit, alpha) if alpha > 0 else top)
 
 
 @torch.no_grad()

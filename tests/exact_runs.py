@@ -23,9 +23,10 @@ import torch
 from course_lib.data.sources import generated_pairs
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.tokenizer import CharTokenizer
-from course_lib.training import core
 from course_lib.training import gpt as gpt_loop
+from course_lib.training import loop as fit_loop
 from course_lib.training import translation as tr_loop
+from course_lib.training.loop import micro_batches
 from course_lib.training.precision import Precision
 from course_lib.transformer import Transformer, TransformerConfig
 
@@ -76,9 +77,9 @@ def broken(variant: str, factor: float = 2.0) -> ExitStack:
         stack.enter_context(mock.patch.object(Precision, "backward", lambda self, loss: plain(self, loss * factor)))
     elif variant == "drop":
         def fewer(items, k):
-            return core.micro_batches(items, k)[:-1]
+            return micro_batches(items, k)[:-1]
 
-        stack.enter_context(mock.patch.object(gpt_loop, "micro_batches", fewer))
+        stack.enter_context(mock.patch.object(fit_loop, "micro_batches", fewer))  # gpt: fit cuts the batch
         stack.enter_context(mock.patch.object(tr_loop, "micro_batches", fewer))
     return stack
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import course_lib.checkpoint as checkpoint
 from course_lib.cli import main
-from course_lib.training import gpt, translation
+from course_lib.training import core
 
 MODE, AT, MARKER = os.environ["KILL_MODE"], int(os.environ["KILL_AT"]), Path(os.environ["KILL_MARKER"])
 calls = {"n": 0}
@@ -42,7 +42,7 @@ if MODE == "mid-write":
 
     checkpoint.save_file = save_file_then_stall
 elif MODE == "between-writes":
-    real_save_run = gpt.save_run
+    real_save_run = core.save_run
 
     def save_run_then_stall(*args, **kwargs):
         real_save_run(*args, **kwargs)
@@ -50,7 +50,7 @@ elif MODE == "between-writes":
         if calls["n"] == AT:
             wait_for_the_kill("saved")
 
-    gpt.save_run = translation.save_run = save_run_then_stall
+    core.save_run = save_run_then_stall  # what both trainers call after an evaluation
 else:
     sys.exit(f"KILL_MODE={MODE!r}: use mid-write or between-writes")
 

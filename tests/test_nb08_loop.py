@@ -81,7 +81,7 @@ def test_the_notebooks_loop_gives_the_library_trainers_losses_and_weights(setup)
     assert [round(v, 6) for v in hand["losses"]] == [v for _, v in lib["train_losses"]]
     assert [(e["step"], e["train"], e["val"]) for e in hand["evals"]] == \
         [(e["step"], e["train"], e["val"]) for e in lib["evals"]]
-    for (name, a), b in zip(hand_model.state_dict().items(), lib_model.state_dict().values()):
+    for (name, a), b in zip(hand_model.state_dict().items(), lib_model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

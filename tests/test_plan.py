@@ -6,9 +6,9 @@ import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from course_lib.gpt import GPT, GPTConfig
+from course_lib.training.loop import fit
 from course_lib.training.memory import estimate_memory
 from course_lib.training.plan import (
     GPUS,
@@ -19,7 +19,8 @@ from course_lib.training.plan import (
     plan_training,
     training_flops,
 )
-from course_lib.training.precision import Precision, choose_precision, maybe_compile
+from course_lib.training.precision import Precision, choose_precision
+from course_lib.training.translation import batch_loss
 from course_lib.transformer import Transformer, TransformerConfig
 
 GPT2 = GPTConfig.preset("gpt2-124m", vocab_size=50304)  # the trainer pads GPT-2's vocabulary on CUDA
@@ -168,25 +169,16 @@ def _tiny_gpu(config, global_batch, seq_len, fits: int, **kw) -> DeviceInfo:
     return DeviceInfo("tiny T4", "cuda", memory, (7, 5), {"bf16": None, "fp16": 65.0, "fp32": 8.1})
 
 
-def _run_planned(model, plan, micro_batches, loss_fn, steps: int) -> list[float]:
-    """The trainers' full-scale step, as planned: precision from the plan (fp16 + scaler),
-    ``plan.grad_accum`` micro-batches of ``plan.micro_batch``, clipping, the scaler's step."""
+def _run_planned(model, plan, batch, loss_fn, steps: int) -> list[float]:
+    """The trainers' step (``training.loop.fit``) as planned: precision from the plan (fp16 +
+    scaler), ``plan.grad_accum`` micro-batches of ``plan.micro_batch``, clipping."""
+    assert len(batch[0]) == plan.grad_accum * plan.micro_batch
     prec = Precision(plan.precision, "cpu")
-    step_fn = maybe_compile(model, False)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for step in range(steps):
-        total = 0.0
-        for micro in range(plan.grad_accum):
-            batch = micro_batches(step, micro, plan.micro_batch)
-            with prec.autocast():
-                loss = loss_fn(step_fn, batch)
-            prec.backward(loss / plan.grad_accum)
-            total += loss.item() / plan.grad_accum
-        assert prec.step(opt, grad_clip=1.0) is True
-        opt.zero_grad(set_to_none=True)
-        losses.append(total)
-    return losses
+    state = fit(model, opt, lambda step: batch, loss_fn, steps=steps, grad_accum=plan.grad_accum, precision=prec,
+                progress=False)
+    assert prec.skipped_steps == 0
+    return [loss for _, loss in state["train_losses"]]
 
 
 def test_full_scale_gpt_path_on_the_cpu():
@@ -197,11 +189,7 @@ def test_full_scale_gpt_path_on_the_cpu():
     model = GPT(cfg)
     data = torch.randint(0, 48, (8, 33), generator=torch.Generator().manual_seed(0))  # one batch, learned
 
-    def batches(step, micro, size):
-        rows = data[micro * size:(micro + 1) * size]
-        return rows[:, :-1], rows[:, 1:]
-
-    losses = _run_planned(model, plan, batches, lambda fn, b: fn(*b)[1], steps=6)
+    losses = _run_planned(model, plan, (data[:, :-1], data[:, 1:]), lambda fn, b: fn(*b)[1], steps=6)
     assert all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < losses[0] - 0.2
 
@@ -218,32 +206,6 @@ def test_full_scale_translation_path_on_the_cpu():
     src, tgt = torch.randint(1, 40, (8, 10), generator=g), torch.randint(1, 40, (8, 13), generator=g)
     src[:, -2:] = cfg.pad_id  # padding, as a real batch has
 
-    def batches(step, micro, size):
-        return src[micro * size:(micro + 1) * size], tgt[micro * size:(micro + 1) * size]
-
-    def loss_fn(fn, b):
-        s, t = b
-        logits = fn(s, t[:, :-1])
-        return F.cross_entropy(logits.float().flatten(0, 1), t[:, 1:].flatten(), ignore_index=cfg.pad_id,
-                               label_smoothing=0.1)
-
-    losses = _run_planned(model, plan, batches, loss_fn, steps=6)
+    losses = _run_planned(model, plan, (src, tgt), lambda fn, b: batch_loss(fn, *b, label_smoothing=0.1), steps=6)
     assert all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < losses[0] - 0.2
-
-
-def test_accumulated_micro_batches_give_the_whole_batch_gradient():
-    """What the plan relies on: grad_accum micro-batches of loss / grad_accum = one batch."""
-    cfg = GPTConfig(vocab_size=48, block_size=16, n_layers=2, n_heads=2, d_model=32)
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    data = torch.randint(0, 48, (8, 17), generator=torch.Generator().manual_seed(0))
-    model(data[:, :-1], data[:, 1:])[1].backward()
-    whole = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad(set_to_none=True)
-    prec = Precision("fp32", "cpu")
-    for micro in range(4):
-        rows = data[2 * micro:2 * micro + 2]
-        prec.backward(model(rows[:, :-1], rows[:, 1:])[1] / 4)
-    for w, p in zip(whole, model.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, w, rtol=1e-5, atol=1e-6)

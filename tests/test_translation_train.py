@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -212,51 +211,39 @@ TINY = ["--n-train", "300", "--n-valid", "10", "--batch-size", "8", "--d-model",
         "--n-layers", "1", "--d-ff", "16", "--warmup", "10"]
 
 
-def test_cli_train_kill_resume_and_translate(tmp_path):
+def test_cli_trains_translates_and_refuses_another_model_on_resume(tmp_path, capsys):
+    """The command end to end (a kill and a resume of it: test_kill_resume.py)."""
+    from course_lib.cli import main
+
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "course_lib", "train", "translate", *TINY, "--out", str(out)]
-    proc = subprocess.Popen([*cmd, "--steps", "100000", "--eval-every", "5"], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ckpt = out / "checkpoint.safetensors"
-    try:
-        deadline = time.monotonic() + 120
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert ckpt.exists(), proc.stdout.read() if proc.poll() is not None else "no checkpoint in 120 s"
-    finally:
-        proc.kill()  # killed mid-run
-        proc.wait()
-    step = read_metadata(ckpt)["train_state"]["step"]
-    assert step >= 5 and step % 5 == 0
-    res = subprocess.run([*cmd, "--steps", str(step + 3), "--eval-every", "5", "--resume"], env=_env(), capture_output=True,
-                         text=True, timeout=120)
+    cmd = ["train", "translate", *TINY, "--out", str(out)]
+    res = subprocess.run([sys.executable, "-m", "course_lib", *cmd, "--steps", "5", "--eval-every", "5"],
+                         env=_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert f"at step {step}\n" in res.stdout
-    assert read_metadata(ckpt)["train_state"]["step"] == step + 3
+    assert read_metadata(out / "checkpoint.safetensors")["train_state"]["step"] == 5
     res = subprocess.run([sys.executable, "-m", "course_lib", "translate", str(out), "the man sees the dog .", "--beam", "2"],
                          env=_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("\n") == 1  # one line per sentence (an untrained model may say little)
     # Resuming with another model configuration is a clear error.
-    res = subprocess.run([*cmd[:-2], "--d-model", "32", "--out", str(out), "--steps", "1", "--resume"],
-                         env=_env(), capture_output=True, text=True, timeout=60)
-    assert res.returncode != 0 and "d_model" in res.stderr
+    assert main([*cmd[:-2], "--d-model", "32", "--out", str(out), "--steps", "1", "--resume"]) != 0
+    assert "d_model" in capsys.readouterr().err
 
 
-def test_cli_config_file_with_course_names(tmp_path):
+def test_cli_config_file_with_course_names(tmp_path, capsys):
+    from course_lib.cli import main
+
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"train_data": "generated", "epochs": 1, "batch_size": 100, "learning_rate": 1e-3,
                                   "model_dim": 16, "hidden_dims": 16, "num_heads": 2, "num_layers": 1,
                                   "dropout": 0.0, "max_seq_length": 40, "n_train": 200, "n_valid": 10}))
-    res = subprocess.run([sys.executable, "-m", "course_lib", "train", "translate", "--config", str(config),
-                          "--out", str(tmp_path / "run")], env=_env(), capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
+    assert main(["train", "translate", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress",
+                 "--eval-beam", "1"]) == 0
     meta = read_metadata(tmp_path / "run" / "checkpoint.safetensors")
     assert meta["train_state"]["step"] == 2 and meta["config"]["d_model"] == 16  # 200 pairs / 100 = 2 steps
     config.write_text(json.dumps({"model_dim": 30, "num_heads": 4}))
-    res = subprocess.run([sys.executable, "-m", "course_lib", "train", "translate", "--config", str(config)],
-                         env=_env(), capture_output=True, text=True, timeout=60)
-    assert res.returncode != 0 and "not divisible" in res.stderr
+    assert main(["train", "translate", "--config", str(config)]) != 0
+    assert "not divisible" in capsys.readouterr().err
 
 
 def test_real_data_with_bpe_and_a_nonzero_pad_id(shared_data):

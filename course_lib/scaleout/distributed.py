@@ -19,7 +19,8 @@ process group) and everything here is a no-op, so one script serves both cases.
     model = wrap_model(model, ctx, "fsdp")             # or "ddp" (default)
     optimizer = torch.optim.AdamW(model.parameters())  # after wrapping
     x = shard(global_batch, ctx)                       # this rank's rows
-    with sync_gradients(model, last_micro_step): loss.backward()
+    with sync_gradients(model, sync=last_micro_batch): ...  # forward and backward of a micro-batch
+    # (course_lib.training.loop.train_step runs a step so: one process or several)
     # checkpoints: course_lib.scaleout.checkpoint (rank 0 writes one full file)
 """
 

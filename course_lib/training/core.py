@@ -1,9 +1,10 @@
-"""What both training loops share: settings, the run folder, checkpoints and resume,
-learning-rate schedules, evaluation cadence, progress and logging, the loss plot, and
-the command line built from the settings.
+"""What both training commands share: settings, the run folder, checkpoints and resume,
+learning-rate schedules, the trainer's setup (``Trainer``: device, wrapping, compile,
+optimizer, precision, state, a checkpoint at each evaluation), logging, the loss plot,
+and the command line built from the settings.
 
-The loops themselves (``course_lib.training.gpt`` and ``course_lib.training.translation``)
-stay short and explicit; everything here is plumbing they call.
+The steps themselves are ``course_lib.training.loop.fit``'s; ``course_lib.training.gpt``
+and ``course_lib.training.translation`` give it their batches and their loss.
 
 A run folder holds ``checkpoint.safetensors`` (weights, optimizer, RNG and training state;
 safetensors + JSON, never pickle, written atomically), ``config.json`` (the model's
@@ -32,9 +33,10 @@ from course_lib.checkpoint import (
     read_metadata,
     resolve_checkpoint,
 )
-from course_lib.env import progress_disabled
+from course_lib.env import get_device
 from course_lib.models import upgrade_train_state, with_old_defaults
-from course_lib.training.precision import PRECISIONS, Precision
+from course_lib.training.loop import fit, micro_batches  # noqa: F401 (micro_batches: re-exported)
+from course_lib.training.precision import PRECISIONS, Precision, choose_precision, compile_model
 
 TOKENIZER = "tokenizer.json"
 
@@ -102,11 +104,6 @@ def new_state(cfg: TrainConfig) -> dict:
 
 # ---- learning rate -------------------------------------------------------------------------
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 def cosine_lr(step: int, lr: float, min_lr: float, warmup: int, steps: int) -> float:
     """Linear warmup over ``warmup`` steps, then a cosine from ``lr`` down to ``min_lr`` (GPT)."""
     if step < warmup:
@@ -120,20 +117,6 @@ def noam_lr(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
     linear warmup then decay with the inverse square root of the step (1-based)."""
     step, warmup = max(step, 1), max(warmup, 1)
     return scale * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
-
-
-# ---- batches ---------------------------------------------------------------------------------
-
-def micro_batches(items, grad_accum: int) -> list:
-    """``items`` (a tensor's rows or a list) cut into ``grad_accum`` consecutive parts whose
-    sizes differ by at most one; together they are ``items``."""
-    n = len(items)
-    if n < grad_accum:
-        raise ValueError(f"{n} example(s) cannot fill {grad_accum} micro-batches; "
-                         "use a larger --batch-size or a smaller --grad-accum.")
-    base, extra = divmod(n, grad_accum)
-    bounds = [m * base + min(m, extra) for m in range(grad_accum + 1)]
-    return [items[bounds[m]:bounds[m + 1]] for m in range(grad_accum)]
 
 
 # ---- the run folder, checkpoints, resume -----------------------------------------------------
@@ -206,7 +189,57 @@ def resume_run(run: RunFolder, model, optimizer, precision: Precision, cfg: Trai
     return state
 
 
-# ---- progress and logging --------------------------------------------------------------------
+# ---- the trainer both commands share -------------------------------------------------------
+
+@dataclass
+class Trainer:
+    """What ``train gpt`` and ``train translate`` set up alike before ``fit`` runs their
+    steps: the device, the model wrapped for several processes (DDP or FSDP) and compiled,
+    the optimizer, the precision, the training state (new or resumed from the run folder)
+    and a checkpoint after every evaluation."""
+
+    model: torch.nn.Module
+    cfg: TrainConfig
+    device: torch.device
+    run: RunFolder | None
+    step_model: torch.nn.Module  # what runs the forward pass: wrapped and compiled
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    state: dict
+
+    @classmethod
+    def start(cls, model, cfg: TrainConfig, make_optimizer, resume: bool = False,
+              defaults: dict | None = None) -> Trainer:
+        """Set up ``model`` for ``cfg``; ``make_optimizer(model)`` builds the optimizer (after
+        the wrapping, as FSDP needs); ``defaults`` are the task's own state fields."""
+        device = get_device(cfg.device)
+        ctx = D.current(device)
+        run = RunFolder(cfg.out) if cfg.out else None
+        model.to(device)
+        step_model = D.wrap_model(model, ctx, "fsdp" if cfg.fsdp else "ddp")  # before the optimizer
+        step_model = compile_model(step_model, cfg.compile, device, log)
+        optimizer = make_optimizer(model)
+        precision = choose_precision(cfg.precision, device)
+        state = resume_run(run, model, optimizer, precision, cfg) if resume else new_state(cfg)
+        return cls(model, cfg, device, run, step_model, optimizer, precision, {**(defaults or {}), **state})
+
+    def fit(self, batch_at, loss_of, *, steps: int, lr_at, evaluate, tokenizer=None, **options) -> dict:
+        """``course_lib.training.loop.fit`` with the settings of ``cfg``; checkpoints into the
+        run folder (with ``tokenizer``) after each evaluation. ``options``: ``on_step``,
+        ``target_loss``, ``time_budget``."""
+        cfg = self.cfg
+
+        def save(state: dict) -> None:
+            if self.run is not None:
+                save_run(self.run, self.model, self.optimizer, state, self.precision, tokenizer)
+
+        return fit(self.model, self.optimizer, batch_at, loss_of, steps=steps, lr_at=lr_at,
+                   grad_clip=cfg.grad_clip, grad_accum=cfg.grad_accum, precision=self.precision,
+                   evaluate=evaluate, eval_every=cfg.eval_every, on_eval=save, state=self.state,
+                   progress=cfg.progress, forward_model=self.step_model, **options)
+
+
+# ---- logging and the loss plot ----------------------------------------------------------------
 
 def log(msg: str) -> None:
     """Print on rank 0 only, without breaking a progress bar."""
@@ -214,29 +247,6 @@ def log(msg: str) -> None:
         from tqdm import tqdm
 
         tqdm.write(msg)
-
-
-class Progress:
-    """A progress bar on rank 0 (off with ``progress=False`` or ``TQDM_DISABLE=1``)."""
-
-    def __init__(self, total: int, initial: int, cfg: TrainConfig, desc: str = "training"):
-        from tqdm import tqdm
-
-        disable = not cfg.progress or progress_disabled() or not D.current().is_main
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=disable)
-
-    def update(self, **postfix) -> None:
-        self.bar.update(1)
-        if postfix:
-            self.bar.set_postfix(postfix, refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def is_eval_step(step: int, cfg: TrainConfig, last_step: int) -> bool:
-    """Evaluate, log and checkpoint every ``eval_every`` steps and after the last one."""
-    return step % cfg.eval_every == 0 or step == last_step
 
 
 def plot_losses(state: dict, title: str = "training"):

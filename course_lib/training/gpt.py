@@ -7,15 +7,15 @@ precision, torch.compile, evaluation, checkpoints and exact resume.
 
 Data order is a pure function of (seed, step), so a resumed run draws exactly the
 batches the uninterrupted run would have; the checkpoint also restores the optimizer and
-the RNG state (dropout). The plumbing (run folder, checkpoints, precision, progress) is
-``course_lib.training.core``; this file is the loop.
+the RNG state (dropout). This file gives the batches and the loss; the steps are
+``course_lib.training.loop.fit``'s, set up by ``course_lib.training.core.Trainer`` (run
+folder, checkpoints, precision, several processes).
 
     python -m course_lib train gpt --preset tiny --data stdlib --steps 500
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,25 +28,18 @@ from course_lib.env import get_device
 from course_lib.gpt import GPT, PRESETS, GPTConfig
 from course_lib.training.core import (
     Parser,
-    Progress,
     RunFolder,
     TrainConfig,
+    Trainer,
     add_config_arguments,
     cosine_lr,
     given,
-    is_eval_step,
     log,
-    micro_batches,
-    new_state,
     read_json,
-    resume_run,
     save_loss_plot,
-    save_run,
     saved_settings,
-    set_lr,
     setting,
 )
-from course_lib.training.precision import choose_precision, compile_model
 
 # --arch: the model's design -> (config class, model class, presets)
 ARCHS = {"gpt": (GPTConfig, GPT, PRESETS), "llama": (llama.LlamaConfig, llama.Llama, llama.PRESETS)}
@@ -152,7 +145,7 @@ def evaluate(model, data: TokenData, cfg: GPTTrainConfig, device, precision) -> 
     return out
 
 
-# ---- the loop ------------------------------------------------------------------------------
+# ---- training --------------------------------------------------------------------------------
 
 def train(model: GPT, data: TokenData, cfg: GPTTrainConfig, tokenizer=None, resume: bool = False,
           until_step: int | None = None, make_optimizer=None) -> dict:
@@ -162,59 +155,32 @@ def train(model: GPT, data: TokenData, cfg: GPTTrainConfig, tokenizer=None, resu
 
     ``make_optimizer(model)``: another optimizer than AdamW (the tests use plain SGD,
     under which a wrong gradient scale cannot hide); the schedule still sets its lr."""
-    device = get_device(cfg.device)
-    ctx = D.current(device)
-    run = RunFolder(cfg.out) if cfg.out else None
-    model.to(device)
-    step_model = D.wrap_model(model, ctx, "fsdp" if cfg.fsdp else "ddp")  # before the optimizer
-    step_model = compile_model(step_model, cfg.compile, device, log)
-    optimizer = make_optimizer(model) if make_optimizer else configure_optimizer(model, cfg, device)
-    precision = choose_precision(cfg.precision, device)
-    state = resume_run(run, model, optimizer, precision, cfg) if resume else new_state(cfg)
-    block_size = model.config.block_size
-    last_step = min(cfg.steps, until_step or cfg.steps)
-    progress = Progress(last_step, state["step"], cfg)
-    pending = []  # (step, loss on the device): read at evaluations, not at every step
-    t0, t0_step, state["stopped"] = time.perf_counter(), state["step"], "steps"
-    model.train()
-    for step in range(state["step"] + 1, last_step + 1):
-        set_lr(optimizer, lr_at(step - 1, cfg))
-        x, y = get_batch(data.train, cfg.batch_size, block_size, cfg.seed, step - 1, device=device)
-        x, y = D.shard(x, ctx, cfg.grad_accum), D.shard(y, ctx, cfg.grad_accum)  # this rank's rows
-        step_loss = torch.zeros((), device=device)
-        micro_x, micro_y = micro_batches(x, cfg.grad_accum), micro_batches(y, cfg.grad_accum)
-        for micro, (xm, ym) in enumerate(zip(micro_x, micro_y)):
-            with D.sync_gradients(step_model, sync=micro == cfg.grad_accum - 1):  # talk on the last
-                with precision.autocast():
-                    _, loss = step_model(xm, ym)
-                precision.backward(loss / cfg.grad_accum)
-            step_loss += loss.detach() / cfg.grad_accum
-        precision.step(optimizer, lambda max_norm: D.clip_grad_norm(model, max_norm), cfg.grad_clip)
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] = step
-        pending.append((step, D.average(step_loss, ctx)))
-        progress.update()
-        if is_eval_step(step, cfg, last_step):
-            values = torch.stack([v for _, v in pending]).tolist()  # one wait for the device
-            state["train_losses"] += [[s, round(v, 6)] for (s, _), v in zip(pending, values)]
-            pending = []
-            tps = (step - t0_step) * cfg.batch_size * block_size / max(time.perf_counter() - t0, 1e-9)
-            losses = evaluate(step_model, data, cfg, device, precision)
-            mfu = estimate_mfu(model.flops_per_token(), tps / ctx.world_size, device)
-            state["evals"].append({"step": step, **losses, "lr": lr_at(step - 1, cfg), "tokens_per_s": tps,
-                                   "mfu": mfu})
-            log(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}, {tps:,.0f} tokens/s"
-                + (f", MFU {100 * mfu:.1f}%" if mfu else ""))
-            reached = cfg.target_loss is not None and losses["val"] <= cfg.target_loss
-            if reached:
-                state["stopped"] = f"target validation loss {cfg.target_loss} reached"
-            if run is not None:
-                save_run(run, model, optimizer, state, precision, tokenizer)
-            if reached:
-                break
-            t0, t0_step = time.perf_counter(), step
-    progress.close()
-    return state
+    def adamw(m):
+        return configure_optimizer(m, cfg, next(m.parameters()).device)
+
+    trainer = Trainer.start(model, cfg, make_optimizer or adamw, resume)
+    device, ctx, block_size = trainer.device, D.current(trainer.device), model.config.block_size
+
+    def batch_at(i: int):
+        x, y = get_batch(data.train, cfg.batch_size, block_size, cfg.seed, i, device=device)
+        return D.shard(x, ctx, cfg.grad_accum), D.shard(y, ctx, cfg.grad_accum)  # this rank's rows
+
+    clock = {"step": trainer.state["step"], "seconds": trainer.state.get("train_seconds", 0.0)}
+
+    def evaluate_now() -> dict:
+        state = trainer.state
+        steps, seconds = state["step"] - clock["step"], state["train_seconds"] - clock["seconds"]
+        clock.update(step=state["step"], seconds=state["train_seconds"])
+        tps = steps * cfg.batch_size * block_size / max(seconds, 1e-9)
+        losses = evaluate(trainer.step_model, data, cfg, device, trainer.precision)
+        mfu = estimate_mfu(model.flops_per_token(), tps / ctx.world_size, device)
+        log(f"step {state['step']}: train {losses['train']:.4f}, val {losses['val']:.4f}, {tps:,.0f} tokens/s"
+            + (f", MFU {100 * mfu:.1f}%" if mfu else ""))
+        return {**losses, "lr": trainer.optimizer.param_groups[0]["lr"], "tokens_per_s": tps, "mfu": mfu}
+
+    return trainer.fit(batch_at, lambda m, b: m(*b)[1], steps=min(cfg.steps, until_step or cfg.steps),
+                       lr_at=lambda i: lr_at(i, cfg), evaluate=evaluate_now, tokenizer=tokenizer,
+                       target_loss=cfg.target_loss)
 
 
 # ---- command line --------------------------------------------------------------------------

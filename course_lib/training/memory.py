@@ -6,7 +6,8 @@ Two ways, tested against each other:
   hand from what each layer saves for its backward pass (the inputs of the matmuls, the
   LayerNorm statistics, the attention kernel's output and log-sum-exp, ...), times the bytes
   of its dtype. It runs in microseconds for any size, so the planner can try many batches.
-- ``measure_memory``: the real model code run under PyTorch's ``FakeTensorMode`` (tensors
+- ``measure_memory``: the real model code and the library's training step
+  (``course_lib.training.loop.train_step``) run under PyTorch's ``FakeTensorMode`` (tensors
   with shapes and dtypes but no storage) on the CPU, with a ``TorchDispatchMode``
   (``PeakBytes``) counting the bytes of every storage from the operation that makes it
   until Python frees it, and the peak. It allocates nothing, so it also runs for
@@ -36,11 +37,11 @@ estimate is then an upper bound.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from course_lib.gpt import GPTConfig
 from course_lib.llama import LlamaConfig
-from course_lib.losses import IGNORE_INDEX
 from course_lib.transformer import TransformerConfig
 
 DECODERS = (GPTConfig, LlamaConfig)  # decoder-only language models: block_size tokens, (x, y) batches
@@ -172,84 +173,91 @@ def estimate_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_
 
     ``seq_len``: tokens per sequence (GPT; default its ``block_size``), or target tokens
     (Transformer; ``src_len`` source tokens, default the same). ``precision``: ``bf16`` or
-    ``fp16`` (autocast) or ``fp32``. ``keep_logits``: whether the caller holds the logits
-    through the backward pass (the GPT trainer does: ``logits, loss = model(x, y)``; the
-    translation trainer does not); default by model type.
+    ``fp16`` (autocast) or ``fp32``. ``keep_logits``: whether the logits stay alive through
+    the backward pass (a loop that holds them: ``logits, loss = model(x, y)``); default:
+    yes for a GPT, no for a Transformer (an upper bound for the GPT: the library's
+    ``train_step`` keeps only the loss).
     """
     is_gpt = isinstance(config, DECODERS)
     seq_len = seq_len or (config.block_size if is_gpt else config.max_len)
     _check(config, batch_size, seq_len, precision, optimizer)
     pc = count_parameters(config)
-    amp = precision != "fp32"
-    a = 2 if amp else 4  # bytes of a matmul's input/output
-    B, T, d, H = batch_size, seq_len, config.d_model, config.n_heads
-    BT = B * T
-    p_drop = config.dropout > 0
-    fused = _fused_qkv()
-    # Self-attention's projection inputs: autocast casts x once per matmul (three separate
-    # projections, or one for the stacked W_Q|W_K|W_V); float32 saves x itself, once.
-    qkv_in = (a if fused else 3 * a) if amp else 4
-    one_in = a if amp else 4
+    sizes = _Bytes(precision)
     if is_gpt:
-        f, V = 4 * d, config.vocab_size
-        layer = _llama_layer_bytes(config, B, T, a, amp) if isinstance(config, LlamaConfig) else (
-                 4 * BT * d + 8 * BT  # ln_1 input and statistics
-                 + qkv_in * BT * d + 3 * a * BT * d + a * BT * d + 4 * B * H * T  # q, k, v, out, lse
-                 + (BT * d if p_drop else 0)  # residual dropout mask
-                 + 4 * BT * d + 8 * BT + one_in * BT * d  # ln_2, the MLP's input
-                 + _ff_bytes(a, BT, f, False, config.activation) + (BT * d if p_drop else 0))
-        acts = config.n_layers * layer
-        acts += 8 * B * (T + 1) + 8 * BT  # token ids (a view of the batch) and the targets (a copy)
-        acts += (BT * d if p_drop else 0) + 4 * BT * d + 8 * BT + one_in * BT * d  # ln_f, the head's input
+        acts, V = _gpt_activations(config, batch_size, seq_len, sizes), config.vocab_size
         keep = True if keep_logits is None else keep_logits
-        tgt_tokens = BT
     else:
-        S = src_len or seq_len
-        BS, f, V = B * S, config.d_ff, config.tgt_vocab_size
-        enc = (qkv_in * BS * d + a * B * S  # projection inputs, the padding mask as a float bias
-               + 3 * a * BS * d + a * BS * d + 4 * B * H * S  # q, k, v, out, lse
-               + one_in * BS * d  # heads merged (a copy after the fully-masked-row fix)
-               + 4 * BS * d + 8 * BS + one_in * BS * d  # norm1, the feed-forward's input
-               + _ff_bytes(a, BS, f, p_drop, config.activation)
-               + 4 * BS * d + 8 * BS + (2 * BS * d if p_drop else 0))  # norm2, two dropout masks
-        dec = (qkv_in * BT * d + 3 * a * BT * d + a * BT * d + 4 * B * H * T  # causal self-attention
-               + 4 * BT * d + 8 * BT  # norm1
-               + one_in * BT * d + (2 * a * BS * d if amp else 0) + a * B * S  # cross-attention inputs
-               + a * BT * d + 2 * a * BS * d + a * BT * d + 4 * B * H * T + one_in * BT * d
-               + 4 * BT * d + 8 * BT + one_in * BT * d  # norm2, the feed-forward's input
-               + _ff_bytes(a, BT, f, p_drop, config.activation)
-               + 4 * BT * d + 8 * BT + (3 * BT * d if p_drop else 0))
-        acts = config.n_layers * enc + config.decoder_layers * dec
-        acts += 0 if amp else 4 * BS * d  # float32: the encoder output, read by every cross-attention
-        acts += 8 * BS + 8 * B * (T + 1) + 8 * BT  # source ids, target ids (a view), targets (a copy)
-        acts += (BS * d + BT * d) if p_drop else 0  # dropout after the positional encoding
-        if config.norm_first:
-            acts += 4 * BS * d + 8 * BS + 4 * BT * d + 8 * BT  # the two final LayerNorms
-        acts += one_in * BT * d  # the output projection's input
-        keep = False if keep_logits is None else keep_logits
-        tgt_tokens = BT
+        acts = _transformer_activations(config, batch_size, seq_len, src_len or seq_len, sizes)
+        V, keep = config.tgt_vocab_size, False if keep_logits is None else keep_logits
+    BT, d, a = batch_size * seq_len, config.d_model, sizes.a
     # The logits, if held, and what is alive on top of the saved activations at the peak:
     # at the start of the backward pass the float32 log-softmax and its two gradients, each
     # (B, T, V); with a small vocabulary the peak moves into the last layer's backward pass,
     # where the feed-forward's hidden gradient and the residual gradient are alive.
-    f_last = 4 * d if isinstance(config, GPTConfig) else config.d_ff
-    loss_grads = 12 * tgt_tokens * V
-    layer_grads = a * tgt_tokens * f_last + 4 * tgt_tokens * d
-    logits = (a * tgt_tokens * V if keep else 0) + max(loss_grads, layer_grads)
+    f_last = config.d_ff if isinstance(config, (LlamaConfig, TransformerConfig)) else 4 * d
+    logits = (a * BT * V if keep else 0) + max(12 * BT * V, a * BT * f_last + 4 * BT * d)
     # Weight copies: autocast's bf16/fp16 copy of every matmul weight; with the stacked
     # projection, float32 also keeps the stacked W_Q|W_K|W_V (3 d^2) of each self-attention.
     n_self_attn = config.n_layers if is_gpt else config.n_layers + config.decoder_layers
-    copies = a * pc.matmul_weights if amp else (4 * 3 * d * d * n_self_attn if fused else 0)
-    return MemoryEstimate(
-        weights=4 * pc.n_params + pc.buffer_bytes,
-        gradients=4 * pc.n_params,
-        optimizer=optimizer_bytes(pc.n_params, pc.n_tensors, optimizer),
-        weight_copies=copies,
-        activations=acts,
-        logits=logits,
-        n_params=pc.n_params,
-        precision=precision,
-    )
+    copies = a * pc.matmul_weights if sizes.amp else (4 * 3 * d * d * n_self_attn if sizes.fused else 0)
+    return MemoryEstimate(weights=4 * pc.n_params + pc.buffer_bytes, gradients=4 * pc.n_params,
+                          optimizer=optimizer_bytes(pc.n_params, pc.n_tensors, optimizer), weight_copies=copies,
+                          activations=acts, logits=logits, n_params=pc.n_params, precision=precision)
+
+
+class _Bytes:
+    """Bytes per element of what a layer saves under ``precision``: ``a`` for a matmul's
+    input or output; ``qkv_in`` for self-attention's projection inputs (autocast casts x
+    once per matmul: three separate projections, or one for the stacked W_Q|W_K|W_V;
+    float32 saves x itself, once); ``one_in`` for another matmul's input."""
+
+    def __init__(self, precision: str):
+        self.amp = precision != "fp32"
+        self.a = 2 if self.amp else 4
+        self.fused = _fused_qkv()
+        self.qkv_in = (self.a if self.fused else 3 * self.a) if self.amp else 4
+        self.one_in = self.a if self.amp else 4
+
+
+def _gpt_activations(config: GPTConfig | LlamaConfig, B: int, T: int, z: _Bytes) -> int:
+    """What a decoder-only model's (GPT's or Llama's) forward pass saves for backward, in bytes."""
+    a, BT, d, H, p_drop = z.a, B * T, config.d_model, config.n_heads, config.dropout > 0
+    layer = _llama_layer_bytes(config, B, T, a, z.amp) if isinstance(config, LlamaConfig) else (
+             4 * BT * d + 8 * BT  # ln_1 input and statistics
+             + z.qkv_in * BT * d + 3 * a * BT * d + a * BT * d + 4 * B * H * T  # q, k, v, out, lse
+             + (BT * d if p_drop else 0)  # residual dropout mask
+             + 4 * BT * d + 8 * BT + z.one_in * BT * d  # ln_2, the MLP's input
+             + _ff_bytes(a, BT, 4 * d, False, config.activation) + (BT * d if p_drop else 0))
+    acts = config.n_layers * layer
+    acts += 8 * B * (T + 1) + 8 * BT  # token ids (a view of the batch) and the targets (a copy)
+    return acts + (BT * d if p_drop else 0) + 4 * BT * d + 8 * BT + z.one_in * BT * d  # ln_f, the head's input
+
+
+def _transformer_activations(config: TransformerConfig, B: int, T: int, S: int, z: _Bytes) -> int:
+    """What an encoder-decoder's forward pass saves for backward, in bytes (T target and S
+    source tokens per example)."""
+    a, d, H, f, p_drop = z.a, config.d_model, config.n_heads, config.d_ff, config.dropout > 0
+    BT, BS, qkv_in, one_in = B * T, B * S, z.qkv_in, z.one_in
+    enc = (qkv_in * BS * d + a * B * S  # projection inputs, the padding mask as a float bias
+           + 3 * a * BS * d + a * BS * d + 4 * B * H * S  # q, k, v, out, lse
+           + one_in * BS * d  # heads merged (a copy after the fully-masked-row fix)
+           + 4 * BS * d + 8 * BS + one_in * BS * d  # norm1, the feed-forward's input
+           + _ff_bytes(a, BS, f, p_drop, config.activation)
+           + 4 * BS * d + 8 * BS + (2 * BS * d if p_drop else 0))  # norm2, two dropout masks
+    dec = (qkv_in * BT * d + 3 * a * BT * d + a * BT * d + 4 * B * H * T  # causal self-attention
+           + 4 * BT * d + 8 * BT  # norm1
+           + one_in * BT * d + (2 * a * BS * d if z.amp else 0) + a * B * S  # cross-attention inputs
+           + a * BT * d + 2 * a * BS * d + a * BT * d + 4 * B * H * T + one_in * BT * d
+           + 4 * BT * d + 8 * BT + one_in * BT * d  # norm2, the feed-forward's input
+           + _ff_bytes(a, BT, f, p_drop, config.activation)
+           + 4 * BT * d + 8 * BT + (3 * BT * d if p_drop else 0))
+    acts = config.n_layers * enc + config.decoder_layers * dec
+    acts += 0 if z.amp else 4 * BS * d  # float32: the encoder output, read by every cross-attention
+    acts += 8 * BS + 8 * B * (T + 1) + 8 * BT  # source ids, target ids (a view), targets (a copy)
+    acts += (BS * d + BT * d) if p_drop else 0  # dropout after the positional encoding
+    if config.norm_first:
+        acts += 4 * BS * d + 8 * BS + 4 * BT * d + 8 * BT  # the two final LayerNorms
+    return acts + one_in * BT * d  # the output projection's input
 
 
 # ---- the measurement: fake tensors and PyTorch's memory tracker ------------------------------
@@ -345,51 +353,55 @@ def _storage_bytes(tensors) -> int:
     return sum(st.nbytes() for st in storages.values())
 
 
-def _training_step(model, opt, config, B: int, T: int, S: int, amp, keep: bool, label_smoothing: float,
-                   device, scaler=None):
-    """``step(n_micro)``: one optimizer step of ``n_micro`` micro-batches of random tokens, as
-    the trainers run it (the GPT trainer holds the logits; the loss is taken in float32).
-    Returns the bytes of the gradients just before the optimizer step."""
+def _training_step(model, opt, config, B: int, T: int, S: int, precision, keep: bool, label_smoothing: float,
+                   device):
+    """``step(n_micro)``: one optimizer step of the shipped ``train_step`` with the trainers'
+    losses, on a batch of ``n_micro`` micro-batches of ``B`` random sequences; ``keep``
+    holds each micro-batch's logits through its backward pass. Returns the bytes of the
+    gradients just before the optimizer step."""
     import torch
-    import torch.nn.functional as F
+
+    from course_lib.training.loop import train_step
+    from course_lib.training.translation import target_loss
 
     is_gpt = isinstance(config, DECODERS)
-    held = []
+    held, grads = [], []
 
-    nbytes = _storage_bytes
-
-    def micro_step(n_micro: int):
+    def loss_of(m, batch):  # the trainers' losses, with the logits in sight
         if is_gpt:
-            chunk = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
-            x, y = chunk[:, :-1], chunk[:, 1:]
-            with amp:
-                logits, loss = model(x, y)
+            logits, loss = m(*batch)
         else:
-            src = torch.randint(1, config.src_vocab_size, (B, S), device=device)
-            tgt = torch.randint(1, config.tgt_vocab_size, (B, T + 1), device=device)
-            with amp:
-                logits = model(src, tgt[:, :-1])
-            loss = F.cross_entropy(logits.float().flatten(0, 1), tgt[:, 1:].flatten(),
-                                   ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+            logits = m(batch[0], batch[1][:, :-1])
+            loss = target_loss(logits, batch[1], config.pad_id, label_smoothing)
         held[:] = [logits] if keep else []
-        del logits
-        loss = loss / n_micro
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        return loss
+
+    def gradient_bytes(max_norm: float) -> None:  # where the step clips: the gradients are all there
+        grads[:] = [_storage_bytes(p.grad for p in model.parameters() if p.grad is not None)]
 
     def step(n_micro: int) -> int:
-        for _ in range(n_micro):
-            micro_step(n_micro)
-        grads = nbytes(p.grad for p in model.parameters() if p.grad is not None)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
+        if is_gpt:
+            chunk = torch.randint(0, config.vocab_size, (n_micro * B, T + 1), device=device)
+            batch = (chunk[:, :-1], chunk[:, 1:])
         else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+            batch = (torch.randint(1, config.src_vocab_size, (n_micro * B, S), device=device),
+                     torch.randint(1, config.tgt_vocab_size, (n_micro * B, T + 1), device=device))
+        train_step(model, opt, batch, loss_of, grad_accum=n_micro, precision=precision, clip_grad=gradient_bytes)
         held.clear()
-        return grads
+        return grads[0]
 
     return step
+
+
+@contextmanager
+def _replaced(module, name: str, value):
+    """``module.name`` is ``value`` inside the block, and what it was after."""
+    before = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, before)
 
 
 def _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits):
@@ -418,29 +430,27 @@ def measure_memory(config: GPTConfig | TransformerConfig, batch_size: int, seq_l
     ``total`` and the bytes of ``parameters``, ``buffers``, ``gradients`` and ``optimizer``
     state as the real optimizer made them. Nothing is allocated: it runs for ``gpt2-124m``.
     """
-    from unittest import mock
-
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     import course_lib.attention as A
     import course_lib.embeddings as E
-    from course_lib.training.precision import DTYPES
+    from course_lib.training.precision import Precision
 
     T, S, keep = _resolve(config, batch_size, seq_len, precision, optimizer, src_len, keep_logits)
-    amp = (torch.autocast("cpu", dtype=DTYPES[precision]) if precision != "fp32"
-           else torch.autocast("cpu", enabled=False))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)  # fake tensors cannot be checked for overflow
+    prec = Precision(precision, "cpu", scaler=scaler)
 
     nbytes = _storage_bytes
 
     # The embeddings check token ids on the host (int(ids.max())), which fake tensors cannot;
     # attention takes the fused kernel (as on a GPU) however many threads this CPU runs.
-    with (mock.patch.object(E, "_check_ids", lambda ids, vocab_size: None),
-          mock.patch.object(A, "CPU_SHORT_ATTENTION", 0), FakeTensorMode()):
+    with _replaced(E, "_check_ids", lambda ids, vocab_size: None), _replaced(A, "CPU_SHORT_ATTENTION", 0), \
+            FakeTensorMode():
         with torch.device("cpu"):
             model = _model_of(config)
         opt = _make_optimizer(model.parameters(), optimizer)
-        step = _training_step(model, opt, config, batch_size, T, S, amp, keep, label_smoothing, "cpu")
+        step = _training_step(model, opt, config, batch_size, T, S, prec, keep, label_smoothing, "cpu")
         for p in model.parameters():  # one step on zero gradients creates the optimizer state
             p.grad = torch.zeros_like(p)
         opt.step()
@@ -479,8 +489,7 @@ def measure_cuda_memory(config: GPTConfig | TransformerConfig, batch_size: int, 
            "sgd": lambda p, **k: torch.optim.SGD(p, momentum=0.9, **k)}[optimizer](
         model.parameters(), lr=1e-4, **fused)
     fn = maybe_compile(model, compile, log=print)
-    step = _training_step(fn, opt, config, batch_size, T, S, prec.autocast(), keep, label_smoothing, device,
-                          scaler=prec.scaler if prec.uses_scaler else None)
+    step = _training_step(fn, opt, config, batch_size, T, S, prec, keep, label_smoothing, device)
     step(grad_accum)
     if cuda:
         torch.cuda.synchronize()

@@ -9,9 +9,9 @@
     "Sentence pairs were batched together by approximate sequence length."  (5.1)
 
 One function, ``train``, serves the notebook and ``python -m course_lib train translate``:
-length-grouped padded batches, the warmup schedule, label smoothing, and the shared
-plumbing of ``course_lib.training.core`` (run folder, checkpoints and exact resume,
-precision, progress). One tokenizer with a joint vocabulary serves both languages, so the
+length-grouped padded batches weighted by their target tokens, the warmup schedule, label
+smoothing; the steps are ``course_lib.training.loop.fit``'s, set up by
+``course_lib.training.core.Trainer`` (run folder, checkpoints and exact resume, precision). One tokenizer with a joint vocabulary serves both languages, so the
 embeddings can be shared.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,25 +33,20 @@ from course_lib.losses import IGNORE_INDEX
 from course_lib.tokenizer import SPECIALS, BPETokenizer, WordTokenizer, special_ids
 from course_lib.training.core import (
     Parser,
-    Progress,
     RunFolder,
     TrainConfig,
+    Trainer,
     add_config_arguments,
     given,
-    is_eval_step,
     log,
     micro_batches,
-    new_state,
     noam_lr,
     read_json,
-    resume_run,
     save_loss_plot,
-    save_run,
     saved_settings,
-    set_lr,
     setting,
 )
-from course_lib.training.precision import choose_precision, compile_model
+from course_lib.training.loop import MicroBatches
 from course_lib.transformer import COURSE_MODEL_KEYS, COURSE_TRAIN_KEYS, TransformerConfig, our_name
 
 PRESETS = {
@@ -186,8 +180,14 @@ def batch_loss(model, src, tgt, label_smoothing: float = 0.0, precision=None) ->
     """Mean cross-entropy of predicting ``tgt[:, 1:]`` from ``tgt[:, :-1]`` (padding ignored)."""
     with precision.autocast() if precision is not None else nullcontext():
         logits = model(src, tgt[:, :-1])
-    wide = logits if logits.dtype == torch.float64 else logits.float()  # float32 at least
-    target = tgt[:, 1:].masked_fill(tgt[:, 1:] == model.config.pad_id, IGNORE_INDEX)
+    return target_loss(logits, tgt, model.config.pad_id, label_smoothing)
+
+
+def target_loss(logits, tgt, pad_id: int, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` (B, T, V) against ``tgt[:, 1:]``, padding ignored,
+    taken in float32 at least."""
+    wide = logits if logits.dtype == torch.float64 else logits.float()
+    target = tgt[:, 1:].masked_fill(tgt[:, 1:] == pad_id, IGNORE_INDEX)
     return F.cross_entropy(wide.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX,
                            label_smoothing=label_smoothing)
 
@@ -210,7 +210,7 @@ def evaluate_loss(model, examples, batch_size: int = 64, precision=None) -> floa
     return total / count
 
 
-# ---- the loop ------------------------------------------------------------------------------
+# ---- training --------------------------------------------------------------------------------
 
 def average_weights(snapshots: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The element-wise mean of several state dicts (checkpoint averaging: "we used a single
@@ -234,9 +234,40 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfi
 
     ``make_optimizer(model)``: another optimizer than the paper's Adam (the tests use plain
     SGD, under which a wrong gradient scale cannot hide); the schedule still sets its lr."""
-    device = get_device(cfg.device)
-    ctx = D.current(device)
-    run = RunFolder(cfg.out) if cfg.out else None
+    examples, valid = encode_for_training(model, tokenizer, train_pairs, valid_pairs, cfg)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    schedule_end = cfg.steps or cfg.epochs * steps_per_epoch
+    lr_of = learning_rate(cfg, model.config.d_model, schedule_end)
+
+    def adam(m):
+        return torch.optim.Adam(m.parameters(), lr=lr_of(1), betas=(0.9, 0.98), eps=1e-9)
+
+    trainer = Trainer.start(model, cfg, make_optimizer or adam, resume, defaults={"epoch": 0, "batch": 0})
+    if trainer.run is not None and D.current(trainer.device).is_main:
+        tokenizer.save(trainer.run.tokenizer)
+    state = trainer.state
+    epochs = Epochs(examples, cfg, model.config.pad_id, trainer.device, state)
+
+    def after_step(state: dict) -> bool:
+        state["batch"] += 1
+        stop = bool(on_step(state, model)) if on_step is not None else False
+        epochs.advance(state)
+        return stop
+
+    trainer.fit(epochs.batch_at, lambda m, b: batch_loss(m, *b, cfg.label_smoothing),
+                steps=min(schedule_end, until_step or schedule_end), on_step=after_step,
+                lr_at=lambda i: lr_of(i + 1, state["train_seconds"]),
+                evaluate=evaluator(trainer, valid, schedule_end),
+                time_budget=60 * cfg.max_minutes if cfg.max_minutes else None)
+    model.eval()
+    return {**state, "steps_per_epoch": steps_per_epoch}
+
+
+def encode_for_training(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfig):
+    """The training and validation examples (token ids), after the checks that must pass
+    before any work: the tokenizer's <pad> is the model's, pairs are left, the batches
+    split over the processes and micro-batches."""
+    ctx = D.current(get_device(cfg.device))
     pad = special_ids(tokenizer)["<pad>"]
     if pad != model.config.pad_id:
         raise ValueError(f"the tokenizer's <pad> is id {pad} but the model's pad_id is {model.config.pad_id}; "
@@ -250,17 +281,18 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfi
     D.check_batches(cfg.batch_size, len(examples), ctx, cfg.grad_accum)
     if ctx.world_size > 1 and (cfg.max_minutes or cfg.average_last > 1):
         raise ValueError("max_minutes and average_last work in one process only; leave them out under torchrun.")
-    lengths = [(len(s), len(t)) for s, t in examples]
-    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    schedule_end = cfg.steps or cfg.epochs * steps_per_epoch
-    last_step = min(schedule_end, until_step or math.inf)
-    d_model = model.config.d_model
-    peak = noam_lr(cfg.warmup, d_model, cfg.warmup)  # the paper's schedule peaks at step = warmup
+    return examples, valid
 
-    planned = schedule_end
+
+def learning_rate(cfg: TranslationTrainConfig, d_model: int, planned: int):
+    """``lr_at(step, seconds)`` (1-based step; seconds of training so far): the paper's
+    schedule (noam), or warmup then a straight line down to 0 at the end of ``planned``
+    steps or of ``cfg.max_minutes``, whichever comes first (linear); scaled so that its
+    peak is ``cfg.lr`` when given."""
+    peak = noam_lr(cfg.warmup, d_model, cfg.warmup)  # the paper's schedule peaks at step = warmup
+    scale = cfg.lr_scale if cfg.lr is None else cfg.lr / peak
 
     def lr_at(step: int, seconds: float = 0.0) -> float:
-        scale = cfg.lr_scale if cfg.lr is None else cfg.lr / peak
         if cfg.schedule == "noam":
             return noam_lr(step, d_model, cfg.warmup, scale)
         done = (step - 1) / planned  # the share of the budget spent before this step
@@ -268,71 +300,68 @@ def train(model, tokenizer, train_pairs, valid_pairs, cfg: TranslationTrainConfi
             done = max(done, seconds / (60 * cfg.max_minutes))
         return scale * peak * min(1.0, step / max(1, cfg.warmup)) * max(0.0, 1.0 - done)
 
-    model.to(device)
-    step_model = D.wrap_model(model, ctx, "fsdp" if cfg.fsdp else "ddp")  # before the optimizer
-    step_model = compile_model(step_model, cfg.compile, device, log)
-    optimizer = (make_optimizer(model) if make_optimizer
-                 else torch.optim.Adam(model.parameters(), lr=lr_at(1), betas=(0.9, 0.98), eps=1e-9))
-    precision = choose_precision(cfg.precision, device)
-    state = {**new_state(cfg), "epoch": 0, "batch": 0}
-    if resume:
-        state = {"epoch": 0, "batch": 0, **resume_run(run, model, optimizer, precision, cfg)}
-    if run is not None and ctx.is_main:
-        tokenizer.save(run.tokenizer)
-    progress = Progress(last_step, state["step"], cfg)
-    snapshots: list[tuple[int, dict]] = []  # (step, weights) of the last evaluations, for averaging
-    state.setdefault("train_seconds", 0.0)
-    clock = time.perf_counter()
-    model.train()
-    while state["step"] < last_step:
-        batches = make_batches(lengths, cfg.batch_size, seed=cfg.seed * 100003 + state["epoch"])
-        for idx in batches[state["batch"]:]:
-            step = state["step"] + 1
-            set_lr(optimizer, lr_at(step, state["train_seconds"]))
-            n_batch = sum(len(examples[i][1]) - 1 for i in idx)  # target tokens of the whole batch
-            parts = micro_batches(D.rank_part(idx, ctx), cfg.grad_accum)  # this rank's pairs, cut up
-            step_loss = torch.zeros((), device=device)
-            for m, part in enumerate(parts):
-                src, tgt = collate(examples, part, pad, device)
-                # this micro-batch's share of the batch's mean loss (DDP averages over ranks)
-                weight = int((tgt[:, 1:] != pad).sum()) * ctx.world_size / n_batch
-                with D.sync_gradients(step_model, sync=m == len(parts) - 1):
-                    loss = batch_loss(step_model, src, tgt, cfg.label_smoothing, precision)
-                    precision.backward(loss * weight)
-                step_loss += loss.detach() * weight
-            precision.step(optimizer, lambda max_norm: D.clip_grad_norm(model, max_norm), cfg.grad_clip)
-            optimizer.zero_grad(set_to_none=True)
-            state.update(step=step, batch=state["batch"] + 1)
-            state["train_losses"].append([step, round(float(D.average(step_loss, ctx)), 6)])
-            state["train_seconds"] += time.perf_counter() - clock
-            stop = bool(cfg.max_minutes) and state["train_seconds"] >= 60 * cfg.max_minutes
-            if on_step is not None:
-                stop = bool(on_step(state, model)) or stop
-            if stop:  # out of time: evaluate, (average,) save and stop here
-                last_step = schedule_end = step
-            progress.update(loss=f"{state['train_losses'][-1][1]:.3f}", epoch=state["epoch"])
-            if state["batch"] == len(batches):  # the end of an epoch
-                state.update(epoch=state["epoch"] + 1, batch=0)
-            if is_eval_step(step, cfg, last_step):
-                if cfg.average_last > 1:
-                    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    snapshots = (snapshots + [(step, weights)])[-cfg.average_last:]
-                if step == schedule_end and len(snapshots) > 1:  # the run's end, not an interruption
-                    model.load_state_dict(average_weights([w for _, w in snapshots]))
-                    state["averaged_steps"] = [s for s, _ in snapshots]
-                    log(f"averaged the weights of steps {state['averaged_steps']}")
-                if valid:
-                    val = evaluate_loss(step_model, valid, cfg.batch_size, precision)
-                    state["evals"].append({"step": step, "val": round(val, 6), "lr": optimizer.param_groups[0]["lr"]})
-                    log(f"step {step}: validation loss {val:.4f}")
-                if run is not None:
-                    save_run(run, model, optimizer, state, precision)
-            clock = time.perf_counter()
-            if step == last_step or state["batch"] == 0:
-                break
-    progress.close()
-    model.eval()
-    return {**state, "steps_per_epoch": steps_per_epoch}
+    return lr_at
+
+
+class Epochs:
+    """The batches of each epoch (length-grouped, in the order of the epoch's seed); the
+    training state's ``epoch`` and ``batch`` say which comes next, so a resumed run
+    continues where the interrupted one stopped."""
+
+    def __init__(self, examples, cfg: TranslationTrainConfig, pad_id: int, device, state: dict):
+        self.examples, self.cfg, self.pad, self.device, self.state = examples, cfg, pad_id, device, state
+        self.lengths = [(len(s), len(t)) for s, t in examples]
+        self.ctx = D.current(device)
+        self.epoch, self.batches = None, []
+
+    def of(self, epoch: int) -> list[list[int]]:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.batches = make_batches(self.lengths, self.cfg.batch_size, seed=self.cfg.seed * 100003 + epoch)
+        return self.batches
+
+    def batch_at(self, _step: int) -> MicroBatches:
+        """The next batch (of the state's epoch and position): this rank's pairs, padded, cut
+        into micro-batches weighted by their share of the whole batch's target tokens."""
+        state = self.state
+        idx = self.of(state["epoch"])[state["batch"]]
+        n_batch = sum(len(self.examples[i][1]) - 1 for i in idx)  # target tokens of the whole batch
+        parts = MicroBatches()
+        for part in micro_batches(D.rank_part(idx, self.ctx), self.cfg.grad_accum):  # this rank's pairs, cut up
+            src, tgt = collate(self.examples, part, self.pad, self.device)
+            # this micro-batch's share of the batch's mean loss (DDP averages over ranks)
+            parts.append(((src, tgt), int((tgt[:, 1:] != self.pad).sum()) * self.ctx.world_size / n_batch))
+        return parts
+
+    def advance(self, state: dict) -> None:
+        """After a step (``state['batch']`` counted): at the end of an epoch, the next one."""
+        if state["batch"] == len(self.of(state["epoch"])):
+            state.update(epoch=state["epoch"] + 1, batch=0)
+
+
+def evaluator(trainer, valid, schedule_end: int):
+    """What ``fit`` runs at each evaluation: keep the weights for averaging (``average_last``),
+    average them at the run's end (the schedule's end, or a stop for time or by ``on_step``;
+    not an ``until_step`` interruption), then the validation loss (None without pairs)."""
+    cfg, model, snapshots = trainer.cfg, trainer.model, []
+
+    def evaluate() -> dict | None:
+        state = trainer.state
+        if cfg.average_last > 1:
+            weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            snapshots[:] = (snapshots + [(state["step"], weights)])[-cfg.average_last:]
+        ending = state["step"] == schedule_end or state["stopped"] != "steps"
+        if ending and len(snapshots) > 1:
+            model.load_state_dict(average_weights([w for _, w in snapshots]))
+            state["averaged_steps"] = [s for s, _ in snapshots]
+            log(f"averaged the weights of steps {state['averaged_steps']}")
+        if not valid:
+            return None
+        val = evaluate_loss(trainer.step_model, valid, cfg.batch_size, trainer.precision)
+        log(f"step {state['step']}: validation loss {val:.4f}")
+        return {"val": round(val, 6), "lr": trainer.optimizer.param_groups[0]["lr"]}
+
+    return evaluate
 
 
 def evaluate_translations(model, tokenizer, pairs, beam_size: int = 1, alpha: float = 0.6) -> dict:
