@@ -252,8 +252,6 @@ def test_every_file_the_docs_and_code_name_exists():
 TEST_ONLY = {"unittest", "pytest", "_pytest", "hypothesis"}
 
 
-@pytest.mark.xfail(strict=True, reason="training/memory.py imports unittest.mock, which the `core` branch removes: "
-                                       "delete this mark when both are merged")
 def test_the_library_imports_no_test_tools():
     """No course_lib module imports a testing package (unittest, pytest, hypothesis), at its top
     or inside a function."""
