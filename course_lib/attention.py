@@ -216,14 +216,15 @@ def attention_route(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None 
     elsewhere ``"fused"``). ``FlopCounterMode`` counts the products of ``"explicit"`` and
     ``"short"`` but not those of the CPU's fused kernel.
     """
-    can_be_short = mask is None and q.shape[-2] == k.shape[-2]
-    route = _forced_route
     if need_weights:
         return "explicit"
+    route = _forced_route
     if route is None:
-        fast_cpu = q.device.type == "cpu" and torch.get_num_threads() > 1
-        route = "short" if fast_cpu and k.shape[-2] <= CPU_SHORT_ATTENTION else "fused"
-    return "fused" if route == "short" and not can_be_short else route
+        multi_threaded_cpu = q.device.type == "cpu" and torch.get_num_threads() > 1
+        route = "short" if multi_threaded_cpu and k.shape[-2] <= CPU_SHORT_ATTENTION else "fused"
+    if route == "short" and (mask is not None or q.shape[-2] != k.shape[-2]):
+        return "fused"  # short_attention takes no mask, and queries and keys of one length
+    return route
 
 
 @contextlib.contextmanager
