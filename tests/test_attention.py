@@ -217,8 +217,8 @@ def test_short_attention_check_catches_a_mask_one_position_off(monkeypatch):
 
 def test_route_depends_on_threads_length_mask_and_weights(threads):
     """Unmasked self-attention up to CPU_SHORT_ATTENTION positions goes the short route on
-    a CPU with more than one thread; masks, longer sequences, a cached step (L_q != L_k)
-    and one thread go fused; wanted weights go explicit. use_route forces a route where
+    a CPU with more than one thread; masks, longer sequences, a cached step (L_q != L_k),
+    one thread and other devices go fused; wanted weights go explicit. use_route forces a route where
     it applies, and ends with its block."""
     q, long = torch.randn(2, 4, 8, 4), torch.randn(1, 4, CPU_SHORT_ATTENTION + 1, 4)
     mask = causal_mask(8)
@@ -226,6 +226,7 @@ def test_route_depends_on_threads_length_mask_and_weights(threads):
     assert attention_route(q, q) == fast
     assert attention_route(q[..., :1, :], q) == attention_route(long, long) == "fused"
     assert attention_route(q, q, mask) == "fused"
+    assert attention_route(q.to("meta"), q.to("meta")) == "fused"  # not a CPU (as a GPU)
     assert attention_route(q, q, need_weights=True) == "explicit"
     for route in ROUTES:
         with use_route(route):
