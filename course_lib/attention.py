@@ -17,10 +17,17 @@ gets all-zero weights, so its output is the zero vector and its gradients are ze
 not NaN. Both paths (the explicit one and the fused ``F.scaled_dot_product_attention``
 one) do this, and agree. In ``MultiHeadAttention`` such a query's output is then
 ``W^O 0 + b^O``, i.e. the output projection's bias.
+
+Routes: ``MultiHeadAttention`` computes the same attention by one of three routes, all equal
+to float rounding: ``explicit`` (the formula step by step, the only one that returns the
+weights), ``fused`` (PyTorch's fused kernel) and ``short`` (written out as two batched
+products, faster on a multi-threaded CPU for short sequences). ``attention_route`` picks
+one; ``use_route`` forces one, e.g. to count FLOPs the same way on every machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -115,6 +122,7 @@ def fused_attention(
     """
     _check_qkv(q, k, v)
     L_q, L_k = q.shape[-2], k.shape[-2]
+    is_causal = is_causal and L_q > 1  # one query (the last position) sees every key
     if mask is None and (not is_causal or L_q == L_k):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
     if mask is not None:
@@ -131,8 +139,8 @@ def fused_attention(
 # batched multiply that adds the causal mask as a bias, a softmax, one more multiply) is
 # faster than PyTorch's fused kernel, which shares short sequences out to threads poorly:
 # forward + backward 1.0-1.3x faster at 16-128 positions on 2 threads, slower from about 256,
-# and slower on 1 thread (benchmarks/bench_attention.py). MultiHeadAttention takes this path
-# there; everywhere else (masks, long sequences, one thread, GPUs) the fused kernel.
+# and slower on 1 thread (benchmarks/bench_attention.py). ``attention_route`` sends unmasked
+# self-attention there; everywhere else (masks, long sequences, one thread, GPUs) goes fused.
 CPU_SHORT_ATTENTION = 128
 
 
@@ -187,6 +195,52 @@ def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
     return out
 
 
+ROUTES = ("explicit", "fused", "short")
+_forced_route: str | None = None
+
+
+def attention_route(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None,
+                    need_weights: bool = False) -> str:
+    """Which route ``MultiHeadAttention`` takes for queries ``q`` and keys ``k`` (both
+    ``(B, n_heads, L, d_k)``). All three give the same numbers to float rounding:
+
+    - ``"explicit"``: ``scaled_dot_product_attention``, the formula step by step, whenever
+      the weights are wanted (``need_weights``, ``record_attention``);
+    - ``"short"``: ``short_attention``, for unmasked self-attention (``L_q == L_k``) of at most
+      ``CPU_SHORT_ATTENTION`` positions on a CPU running more than one thread, where it is
+      the fastest;
+    - ``"fused"``: ``fused_attention``, PyTorch's fused kernel, everywhere else.
+
+    Inside ``use_route(route)`` that route is taken instead, except that the weights still
+    need ``"explicit"`` and ``"short"`` applies only where it can (no mask, ``L_q == L_k``;
+    elsewhere ``"fused"``). ``FlopCounterMode`` counts the products of ``"explicit"`` and
+    ``"short"`` but not those of the CPU's fused kernel.
+    """
+    if need_weights:
+        return "explicit"
+    route = _forced_route
+    if route is None:
+        multi_threaded_cpu = q.device.type == "cpu" and torch.get_num_threads() > 1
+        route = "short" if multi_threaded_cpu and k.shape[-2] <= CPU_SHORT_ATTENTION else "fused"
+    if route == "short" and (mask is not None or q.shape[-2] != k.shape[-2]):
+        return "fused"  # short_attention takes no mask, and queries and keys of one length
+    return route
+
+
+@contextlib.contextmanager
+def use_route(route: str):
+    """``with use_route("explicit"): ...``: every ``MultiHeadAttention`` takes ``route``
+    (one of ``ROUTES``) where it applies, whatever the device and thread count."""
+    global _forced_route
+    if route not in ROUTES:
+        raise ValueError(f"route={route!r} is not an attention route; use one of {ROUTES}.")
+    previous, _forced_route = _forced_route, route
+    try:
+        yield
+    finally:
+        _forced_route = previous
+
+
 class KVCache:
     """Keys and values of the positions seen so far, for one attention layer.
 
@@ -226,9 +280,9 @@ class MultiHeadAttention(nn.Module):
     Self-attention: ``mha(x)``; cross-attention: ``mha(x, memory)``.
 
     ``need_weights=True`` computes attention explicitly and returns the per-head
-    weights ``(B, n_heads, L_q, L_k)``; otherwise the fused PyTorch kernel is used
-    (same output, to float rounding, and much faster), or ``short_attention`` where that
-    is faster still (short unmasked sequences on a multi-threaded CPU).
+    weights ``(B, n_heads, L_q, L_k)``; otherwise ``attention_route`` picks the fastest
+    route that gives the same output (to float rounding): PyTorch's fused kernel, or
+    ``short_attention`` for short unmasked sequences on a multi-threaded CPU.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
@@ -287,6 +341,37 @@ class MultiHeadAttention(nn.Module):
         cross-attention the memory's keys and values are computed on the first call and
         reused afterwards. Returns ``(output (B, L_q, d_model), weights or None)``.
         """
+        self._check_inputs(x, memory, mask)
+        q, k, v = self.heads_qkv(x, memory, cache)
+        dropout_p = self.dropout if self.training else 0.0
+        route = attention_route(q, k, mask, need_weights or self.record)
+        weights = None
+        if route == "explicit":
+            if is_causal:
+                mask = combine_masks(mask, causal_mask(q.shape[-2], k.shape[-2], device=q.device))
+            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, return_weights=True)
+            if self.record:
+                self.last_weights = weights.detach()
+        elif route == "short":
+            out = short_attention(q, k, v, is_causal, dropout_p)
+        else:
+            out = fused_attention(q, k, v, mask, dropout_p, is_causal)
+        return self.w_o(self.merge_heads(out)), (weights if need_weights else None)
+
+    def heads_qkv(self, x: torch.Tensor, memory: torch.Tensor | None = None,
+                  cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries from ``x``, keys and values from ``memory`` (``x`` if None), each split into
+        heads ``(B, n_heads, L, d_k)``; with a ``cache``, keys and values of earlier calls too."""
+        if memory is None:  # self-attention: Q, K and V all from x
+            q, k, v = (self.split_heads(t) for t in self.project_qkv(x))
+            return (q, *cache.update(k, v)) if cache is not None else (q, k, v)
+        q = self.split_heads(self.w_q(x))
+        if cache is not None and len(cache) > 0:
+            return q, cache.k, cache.v  # cross-attention: the memory's, cached on the first call
+        k, v = self.split_heads(self.w_k(memory)), self.split_heads(self.w_v(memory))
+        return (q, *cache.update(k, v)) if cache is not None else (q, k, v)
+
+    def _check_inputs(self, x: torch.Tensor, memory: torch.Tensor | None, mask: torch.Tensor | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
                 f"expected input of shape (B, L, d_model={self.d_model}), got {tuple(x.shape)}."
@@ -302,45 +387,6 @@ class MultiHeadAttention(nn.Module):
                 f"a 3-D attention mask {tuple(mask.shape)} is ambiguous here (batch or heads?); "
                 "give it shape (B, 1, L_q, L_k) (mask[:, None]), (B, 1, 1, L_k) or (L_q, L_k)."
             )
-        if memory is None:  # self-attention: Q, K and V all from x
-            # W_Q, W_K and W_V are three matrices (the paper's); applied to the same x they
-            # are one matrix multiply with the three stacked: the same numbers, one call
-            # instead of three (faster for small models, where each call has a fixed cost).
-            q, k, v = (self.split_heads(t) for t in self.project_qkv(x))
-            if cache is not None:
-                k, v = cache.update(k, v)
-        else:
-            q = self.split_heads(self.w_q(x))
-            if cache is not None and len(cache) > 0:
-                # cross-attention: the memory's keys and values were cached on the first step
-                k, v = cache.k, cache.v
-            else:
-                k = self.split_heads(self.w_k(kv))
-                v = self.split_heads(self.w_v(kv))
-                if cache is not None:
-                    k, v = cache.update(k, v)
-        L_q, L_k = q.shape[-2], k.shape[-2]
-        dropout_p = self.dropout if self.training else 0.0
-        if need_weights or self.record:
-            if is_causal:
-                mask = combine_masks(mask, causal_mask(L_q, L_k, device=x.device))
-            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, return_weights=True)
-            if self.record:
-                self.last_weights = weights.detach()
-            if not need_weights:
-                weights = None
-        else:
-            weights = None
-            if (mask is None and L_q == L_k and L_k <= CPU_SHORT_ATTENTION and q.device.type == "cpu"
-                    and torch.get_num_threads() > 1):
-                out = short_attention(q, k, v, is_causal, dropout_p)  # faster on the CPU, same numbers
-            elif is_causal and mask is None and L_q == L_k:
-                out = fused_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-            else:
-                if is_causal and L_q > 1:
-                    mask = combine_masks(mask, causal_mask(L_q, L_k, device=x.device))
-                out = fused_attention(q, k, v, mask, dropout_p)
-        return self.w_o(self.merge_heads(out)), weights
 
 
 class record_attention:

@@ -10,6 +10,8 @@ fits that turn its validation losses into laws (notebook 11).
   per parameter per token forward and 4 backward (Kaplan et al., 2020, 2.1). N counts the
   parameters that multiply activations: everything but the position table (the output
   head, tied to the token embedding, is a matrix product and stays in).
+- ``attention_flops``: what 6ND leaves out, attention's own products (QK^T and the weighted
+  sum of V), ``12 n_layers T d_model`` per token over a context of T.
 - ``fit_power_law``: ``y = A x^-alpha`` by least squares on the logarithms.
 - ``fit_power_law_offset``: ``y = E + A x^-alpha`` (an irreducible loss E).
 - ``isoflop_minimum``: a parabola in log N through one budget's losses, and its vertex:
@@ -56,6 +58,14 @@ def training_flops(n_params: float, n_tokens: float) -> float:
     if not math.isfinite(flops):
         raise ValueError(f"6 x n_params x n_tokens overflows a float (n_params={n_params:g}, n_tokens={n_tokens:g}).")
     return flops
+
+
+def attention_flops(n_layers: int, d_model: int, context: int, n_tokens: float) -> float:
+    """Training FLOPs of attention's own products, which 6ND leaves out: QK^T and the
+    weighted sum of V take ``2 T d_model`` FLOPs each per token and layer forward, three
+    times that with the backward pass: ``12 n_layers T d_model`` per token (Chowdhery et al.,
+    2022, PaLM, appendix B). The full T x T square, as attention written out computes it."""
+    return 12.0 * n_layers * context * d_model * n_tokens
 
 
 def scaling_params(model) -> int:

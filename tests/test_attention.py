@@ -1,5 +1,8 @@
 """course_lib.attention against PyTorch's own attention (F.scaled_dot_product_attention,
-nn.MultiheadAttention) and brute-force masks."""
+nn.MultiheadAttention), brute-force masks and a brute-force loop; every route of
+MultiHeadAttention at 1 and at 2 threads."""
+
+import math
 
 import pytest
 import torch
@@ -9,8 +12,10 @@ from torch import nn
 from course_lib import attention
 from course_lib.attention import (
     CPU_SHORT_ATTENTION,
+    ROUTES,
     KVCache,
     MultiHeadAttention,
+    attention_route,
     causal_mask,
     combine_masks,
     fused_attention,
@@ -18,7 +23,9 @@ from course_lib.attention import (
     record_attention,
     scaled_dot_product_attention,
     short_attention,
+    use_route,
 )
+from course_lib.gpt import GPT, GPTConfig
 
 SHAPES = [  # (batch dims, L_q, L_k, d_k, d_v)
     ((2, 3), 5, 5, 8, 8),
@@ -42,6 +49,15 @@ def random_mask(g, shape):
     m = torch.rand(shape, generator=g) < 0.6
     m[..., 0] |= ~m.any(-1)
     return m
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """The test runs at 1 and at 2 torch threads (the routes differ); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
 
 
 def qkv(g, batch, L_q, L_k, d_k, d_v, dtype=torch.float32):
@@ -110,8 +126,6 @@ def test_weights_match_brute_force_softmax():
     g = torch.Generator().manual_seed(0)
     q, k, v = qkv(g, (2,), 3, 4, 5, 6, dtype=torch.float64)
     _, w = scaled_dot_product_attention(q, k, v, return_weights=True)
-    import math
-
     for b in range(2):
         for i in range(3):
             s = [sum(q[b, i, t].item() * k[b, j, t].item() for t in range(5)) / math.sqrt(5) for j in range(4)]
@@ -198,30 +212,151 @@ def test_short_attention_check_catches_a_mask_one_position_off(monkeypatch):
     assert not torch.allclose(got[..., 1:, :], want[..., 1:, :], atol=1e-3)
 
 
-def test_mha_takes_the_short_path_only_where_it_is_faster(monkeypatch):
-    """On the CPU with more than one thread: unmasked attention up to CPU_SHORT_ATTENTION
-    positions; not with a mask, not longer, not for a cached generation step, not when
-    weights are wanted, not on one thread."""
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+# ------------------------------------------------------------------ routes
+
+
+def test_route_depends_on_threads_length_mask_and_weights(threads):
+    """Unmasked self-attention up to CPU_SHORT_ATTENTION positions goes the short route on
+    a CPU with more than one thread; masks, longer sequences, a cached step (L_q != L_k),
+    one thread and other devices go fused; wanted weights go explicit. use_route forces a route where
+    it applies, and ends with its block."""
+    q, long = torch.randn(2, 4, 8, 4), torch.randn(1, 4, CPU_SHORT_ATTENTION + 1, 4)
+    mask = causal_mask(8)
+    fast = "short" if threads > 1 else "fused"
+    assert attention_route(q, q) == fast
+    assert attention_route(q[..., :1, :], q) == attention_route(long, long) == "fused"
+    assert attention_route(q, q, mask) == "fused"
+    assert attention_route(q.to("meta"), q.to("meta")) == "fused"  # not a CPU (as a GPU)
+    assert attention_route(q, q, need_weights=True) == "explicit"
+    for route in ROUTES:
+        with use_route(route):
+            assert attention_route(q, q) == attention_route(long, long) == route
+            assert attention_route(q, q, mask) == ("fused" if route == "short" else route)
+            assert attention_route(q, q, need_weights=True) == "explicit"
+    assert attention_route(q, q) == fast
+    with pytest.raises(ValueError, match="'flash' is not an attention route"):
+        with use_route("flash"):
+            pass
+
+
+def spy_routes(monkeypatch):
+    """Record the route of every MultiHeadAttention call by the function it runs."""
     calls = []
-    real = attention.short_attention
-    monkeypatch.setattr(attention, "short_attention", lambda *a, **k: calls.append(a[0].shape[-2]) or real(*a, **k))
+    for route, name in [("explicit", "scaled_dot_product_attention"), ("fused", "fused_attention"),
+                        ("short", "short_attention")]:
+        real = getattr(attention, name)
+        monkeypatch.setattr(attention, name, lambda *a, _r=real, _route=route, **k: calls.append(_route) or _r(*a, **k))
+    return calls
+
+
+def test_mha_runs_the_route_attention_route_names(monkeypatch, threads):
+    """The route chosen is the computation run: short ones only on 2 threads, never with a
+    mask, a longer sequence, a cached step or wanted weights."""
+    calls = spy_routes(monkeypatch)
     mha = MultiHeadAttention(16, 4).eval()
     short, long = torch.randn(2, 8, 16), torch.randn(1, CPU_SHORT_ATTENTION + 1, 16)
+    fast = "short" if threads > 1 else "fused"
     mha(short, is_causal=True)
     mha(short)
-    assert calls == [8, 8]
     mha(long, is_causal=True)
     mha(short, mask=padding_mask(torch.ones(2, 8, dtype=torch.long), 0))
     mha(short, is_causal=True, need_weights=True)
     mha(short[:, :1], memory=short)  # cross-attention: L_q != L_k
     cache = KVCache()
-    mha(short[:, :5], is_causal=True, cache=cache)  # the prompt: short path
-    mha(short[:, 5:6], is_causal=True, cache=cache)  # one new token against 6 keys: fused
-    assert calls == [8, 8, 5]
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    mha(short, is_causal=True)
-    assert calls == [8, 8, 5]
+    mha(short[:, :5], is_causal=True, cache=cache)  # the prompt
+    mha(short[:, 5:6], is_causal=True, cache=cache)  # one new token against 6 keys
+    assert calls == [fast, fast, "fused", "fused", "explicit", "fused", fast, "fused"]
+
+
+def brute_force_mha(mha, x, causal):
+    """Multi-head attention as loops over batch rows, heads and queries, in Python floats."""
+    w = {n: getattr(mha, n).weight.detach().double() for n in ("w_q", "w_k", "w_v", "w_o")}
+    b = {n: getattr(mha, n).bias.detach().double() for n in ("w_q", "w_k", "w_v", "w_o")}
+    x = x.double()
+    q, k, v = (x @ w[n].T + b[n] for n in ("w_q", "w_k", "w_v"))
+    B, L, d = x.shape
+    heads = torch.zeros(B, L, d, dtype=torch.float64)
+    for n in range(B):
+        for h in range(mha.n_heads):
+            cols = slice(h * mha.d_k, (h + 1) * mha.d_k)
+            for i in range(L):
+                keys = range(i + 1) if causal else range(L)
+                s = [float(q[n, i, cols] @ k[n, j, cols]) / math.sqrt(mha.d_k) for j in keys]
+                e = [math.exp(t - max(s)) for t in s]
+                heads[n, i, cols] = sum(e_j / sum(e) * v[n, j, cols] for e_j, j in zip(e, keys))
+    return heads @ w["w_o"].T + b["w_o"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_every_route_matches_a_brute_force_loop(route, threads, monkeypatch):
+    torch.manual_seed(4)
+    mha = MultiHeadAttention(8, 2).eval()
+    x = torch.randn(2, 5, 8)
+    calls = spy_routes(monkeypatch)
+    for causal in (True, False):
+        with use_route(route):
+            out = mha(x, is_causal=causal)[0]
+        torch.testing.assert_close(out.double(), brute_force_mha(mha, x, causal), rtol=1e-5, atol=1e-5)
+    assert calls == [route, route]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_every_route_matches_torch_multihead_attention_with_gradients(route, threads, monkeypatch):
+    """Output and gradients (input, projections) of each route against nn.MultiheadAttention:
+    causal and plain self-attention, a padding mask, cross-attention."""
+    torch.manual_seed(5)
+    mha = MultiHeadAttention(16, 4)
+    ref = torch_copy(mha, True)
+    x, mem = torch.randn(3, 7, 16, requires_grad=True), torch.randn(3, 5, 16)
+    tgt = torch.tensor([[3] * 7, [3] * 4 + [0] * 3, [3] * 2 + [0] * 5])
+    upper = torch.triu(torch.ones(7, 7, dtype=torch.bool), diagonal=1)
+    cases = [  # (ours: args, kwargs, the route taken) vs (reference: key, key_padding_mask, attn_mask)
+        ((x,), {"is_causal": True}, route, (x, None, upper)),
+        ((x,), {}, route, (x, None, None)),
+        ((x,), {"mask": padding_mask(tgt, 0), "is_causal": True}, "fused" if route == "short" else route,
+         (x, tgt == 0, upper)),
+        ((x, mem), {}, "fused" if route == "short" else route, (mem, None, None)),
+    ]
+    calls = spy_routes(monkeypatch)
+    ours_w = [mha.w_o.weight, mha.w_q.weight, mha.w_k.weight, mha.w_v.weight]
+    for args, kwargs, taken, (key, kpm, am) in cases:
+        with use_route(route):
+            out = mha(*args, **kwargs)[0]
+        want = ref(x, key, key, key_padding_mask=kpm, attn_mask=am, need_weights=False)[0]
+        torch.testing.assert_close(out, want)
+        upstream = torch.randn_like(out)
+        dx, do, dq, dk, dv = torch.autograd.grad((out * upstream).sum(), [x, *ours_w])
+        want_dx, want_do, want_in = torch.autograd.grad((want * upstream).sum(),
+                                                        [x, ref.out_proj.weight, ref.in_proj_weight])
+        torch.testing.assert_close(dx, want_dx)
+        torch.testing.assert_close(do, want_do)
+        torch.testing.assert_close(torch.cat([dq, dk, dv]), want_in)
+        assert calls.pop() == taken
+
+
+def test_gpt_loss_and_gradients_agree_by_every_route_and_thread_count():
+    """One GPT training step's loss and gradients by each route, at 1 and 2 threads: the
+    same to float rounding, so no trained result depends on the machine's thread count."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, block_size=16, n_layers=2, n_heads=2, d_model=16))
+    idx = torch.randint(0, 32, (4, 16))
+    before, results = torch.get_num_threads(), {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for route in ROUTES:
+                model.zero_grad()
+                with use_route(route):
+                    loss = model(idx, idx)[1]
+                loss.backward()
+                results[n, route] = loss.detach(), [p.grad.clone() for p in model.parameters()]
+    finally:
+        torch.set_num_threads(before)
+    loss, grads = results[1, "explicit"]
+    for other_loss, other_grads in results.values():
+        torch.testing.assert_close(other_loss, loss, rtol=1e-6, atol=1e-6)
+        for a, b in zip(other_grads, grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("path", ["explicit", "fused"])
