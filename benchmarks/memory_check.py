@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -101,7 +102,10 @@ def main(argv=None) -> int:
         from course_lib.results import record
 
         keep = ("workload", "device", "precision", "micro_batch", "compiled", "how", "tokens_per_s")
-        figures = {f"{r['workload']} | {r['device']} | {'compiled' if r['compiled'] else 'eager'}": {
+        def slug(*parts) -> str:
+            return re.sub(r"[^a-z0-9]+", "_", " ".join(parts).lower()).strip("_")
+
+        figures = {slug(r["workload"], r["device"].split(" plan")[0], "compiled" if r["compiled"] else "eager"): {
             **{k: r[k] for k in keep if k in r}, "estimate_gib": round(r["estimate"] / GiB, 3),
             "measured_gib": round(r["measured"] / GiB, 3) if r["measured"] else None} for r in rows}
         record(f"memory_check_{'cuda' if args.cuda else 'cpu'}", figures, source="benchmarks/memory_check.py")
