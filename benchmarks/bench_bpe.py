@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chars", type=int, default=1_000_000)
     parser.add_argument("--merges", type=int, default=1000)
     parser.add_argument("--naive-merges", type=int, default=None, help="default: --merges")
+    parser.add_argument("--record", action="store_true", help="write resources/results/bench_bpe.json")
     args = parser.parse_args(argv)
     naive_n = args.merges if args.naive_merges is None else args.naive_merges
 
@@ -71,6 +72,13 @@ def main(argv=None) -> int:
     print(f"speed-up per merge: {per_slow / per_fast:.1f}x"
           + ("" if len(slow) == len(fast) else f" (naive time for {len(fast):,} merges estimated "
              f"at {per_slow * len(fast):.0f} s)"))
+    if args.record:
+        from course_lib.results import record
+
+        record("bench_bpe", {"text": name if args.text else Path(name).name, "characters": len(text),
+                             "merges": len(fast), "naive_merges": len(slow), "incremental_s": round(t_fast, 3),
+                             "naive_s": round(t_slow, 3), "speedup": round(per_slow / per_fast, 2),
+                             "identical_merges": same}, source="benchmarks/bench_bpe.py")
     return 0 if same else 1
 
 

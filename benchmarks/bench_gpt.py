@@ -220,7 +220,7 @@ def format_run(run: dict) -> str:
     return ", ".join(f"vs {label} {run[key]:.2f}x" for key, label in RATIO_LABELS.items())
 
 
-def repeat_runs(argv: list[str], n: int) -> int:
+def repeat_runs(argv: list[str], n: int, record_as: str | None = None) -> int:
     """The timing ``n`` times, each in a fresh process, and the spread of its ratios. A run's
     rounds share one process (its memory placement, the machine's state of the moment), so one
     run's figure can be a few percent off; the spread over fresh processes shows how far."""
@@ -244,6 +244,13 @@ def repeat_runs(argv: list[str], n: int) -> int:
         values = [r[key] for r in runs]
         print(f"| {label} | {min(values):.2f}x | {statistics.median(values):.2f}x | {max(values):.2f}x | "
               + ", ".join(f"{v:.2f}" for v in values) + " |")
+    if record_as:
+        from course_lib.results import record
+
+        figures = {key: {"lowest": min(v), "median": statistics.median(v), "highest": max(v),
+                         "at_least_1": sum(x >= 1.0 for x in v), "at_least_1_2": sum(x >= 1.2 for x in v), "runs": v}
+                   for key in RATIO_LABELS for v in [[round(r[key], 4) for r in runs]]}
+        record(record_as, {"setup": runs[0]["setup"], "runs": n, **figures}, source="benchmarks/bench_gpt.py")
     return 0
 
 
@@ -262,13 +269,17 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--repeat", type=int, default=1,
                    help="time it this many times, each in a fresh process, and print the spread of the ratios")
+    p.add_argument("--record", action="store_true",
+                   help="with --repeat: write the ratios to resources/results/bench_gpt_<device>.json")
     p.add_argument("--ratios-to", help=argparse.SUPPRESS)  # where a --repeat run writes its ratios
     args = p.parse_args(argv)
     if args.repeat < 1 or (args.repeat > 1 and args.shakespeare_cpu):
         p.error(f"--repeat {args.repeat}: give at least 1" if args.repeat < 1 else
                 "--repeat times the models against each other; --shakespeare-cpu runs once")
     if args.repeat > 1:
-        return repeat_runs(sys.argv[1:] if argv is None else list(argv), args.repeat)
+        argv = [a for a in (sys.argv[1:] if argv is None else list(argv)) if a != "--record"]
+        device = get_device(args.device).type
+        return repeat_runs(argv, args.repeat, f"bench_gpt_{device}" if args.record else None)
     if args.shakespeare_cpu:
         shakespeare_cpu(args.minutes, args.threads)
         return 0

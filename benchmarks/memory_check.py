@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--cuda", action="store_true", help="measure on the GPU (else fake tensors on the CPU)")
     p.add_argument("--no-compile", action="store_true", help="on the GPU: eager runs only")
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--record", action="store_true", help="write resources/results/memory_check_<cpu|cuda>.json")
     args = p.parse_args(argv)
     if args.cuda:
         import torch
@@ -96,6 +98,17 @@ def main(argv=None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
+    if args.record:
+        from course_lib.results import record
+
+        keep = ("workload", "device", "precision", "micro_batch", "compiled", "how", "tokens_per_s")
+        def slug(*parts) -> str:
+            return re.sub(r"[^a-z0-9]+", "_", " ".join(parts).lower()).strip("_")
+
+        figures = {slug(r["workload"], r["device"].split(" plan")[0], "compiled" if r["compiled"] else "eager"): {
+            **{k: r[k] for k in keep if k in r}, "estimate_gib": round(r["estimate"] / GiB, 3),
+            "measured_gib": round(r["measured"] / GiB, 3) if r["measured"] else None} for r in rows}
+        record(f"memory_check_{'cuda' if args.cuda else 'cpu'}", figures, source="benchmarks/memory_check.py")
     return 0
 
 

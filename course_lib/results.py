@@ -1,0 +1,101 @@
+"""Results files: every figure the README and docs quote, as the script that measured it wrote it.
+
+    from course_lib.results import record
+    record("bench_bpe", {"incremental_s": 0.41, "naive_s": 25.6}, source="benchmarks/bench_bpe.py")
+
+writes ``resources/results/bench_bpe.json``::
+
+    {"name": "bench_bpe", "source": "benchmarks/bench_bpe.py", "device": "...", "torch": "2.13.0",
+     "python": "3.11.7", "date": "2026-12-07", "figures": {"incremental_s": 0.41, ...}}
+
+A text quotes a figure with a marker right after it, which ``tests/test_docs.py`` checks
+against the file: ``**0.41 s**<!-- bench_bpe:incremental_s -->``. The number before the
+marker must equal the recorded value at the precision the text shows (``0.41`` matches 0.4123,
+not 0.43); thousands separators, ``%`` and ``x`` are allowed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "resources" / "results"
+MARKER = re.compile(r"(?P<number>[-+]?\d[\d,]*(?:\.\d+)?)[^\d<]{0,12}<!--\s*(?P<name>[\w-]+):(?P<key>[\w.-]+)\s*-->")
+
+
+def describe_machine() -> str:
+    """The device a figure was measured on, in words: the GPU's name, or the CPU's threads."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads ({platform.machine()})"
+
+
+def record(name: str, figures: dict, source: str, device: str | None = None, folder: Path | None = None) -> Path:
+    """Write ``figures`` (a flat or nested dict of numbers and strings) to ``<folder>/<name>.json``
+    with the device, the versions and today's date; written atomically, keys sorted."""
+    import torch
+
+    if not re.fullmatch(r"[\w-]+", name or ""):
+        raise ValueError(f"results name {name!r} must be letters, digits, '_' or '-' (it names a file).")
+    if not isinstance(figures, dict) or not figures:
+        raise ValueError("figures must be a non-empty dict of named values.")
+    folder = Path(folder or RESULTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {"name": name, "source": source, "device": device or describe_machine(),
+            "torch": torch.__version__.split("+")[0], "python": platform.python_version(),
+            "date": datetime.date.today().isoformat(), "figures": figures}
+    path = folder / f"{name}.json"
+    tmp = path.with_suffix(f".json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    print(f"recorded {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return path
+
+
+def load(name: str, folder: Path | None = None) -> dict:
+    """The results file ``name`` as a dict (``figures`` and where they were measured)."""
+    path = Path(folder or RESULTS) / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results file {path}; run its source script to write it.")
+    return json.loads(path.read_text())
+
+
+def figure(name: str, key: str, folder: Path | None = None):
+    """One recorded value; ``key`` may be dotted (``"times.07_encoder_decoder"``)."""
+    value = load(name, folder)["figures"]
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"results file {name}.json has no figure {key!r}.")
+        value = value[part]
+    return value
+
+
+def matches(shown: str, value) -> bool:
+    """Whether the number as the text shows it (``"1,234.5"``) is ``value`` rounded to the
+    digits shown."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    digits = len(shown.split(".")[1]) if "." in shown else 0
+    return round(float(value), digits) == round(float(shown.replace(",", "")), digits)
+
+
+def check_text(text: str, folder: Path | None = None) -> list[str]:
+    """Every marker of ``text`` whose number differs from its results file, as messages."""
+    problems = []
+    text = re.sub(r"```.*?```|`[^`\n]*`", "", text, flags=re.S)  # examples in code are not quotes
+    for m in MARKER.finditer(text):
+        try:
+            value = figure(m["name"], m["key"], folder)
+        except (FileNotFoundError, KeyError) as exc:
+            problems.append(f"{m['number']} <!-- {m['name']}:{m['key']} -->: {exc}")
+            continue
+        if not matches(m["number"], value):
+            problems.append(f"{m['number']} <!-- {m['name']}:{m['key']} -->: the file says {value!r}")
+    return problems
