@@ -283,7 +283,7 @@ def brute_force_mha(mha, x, causal):
                 keys = range(i + 1) if causal else range(L)
                 s = [float(q[n, i, cols] @ k[n, j, cols]) / math.sqrt(mha.d_k) for j in keys]
                 e = [math.exp(t - max(s)) for t in s]
-                heads[n, i, cols] = sum(e_j / sum(e) * v[n, j, cols] for e_j, j in zip(e, keys))
+                heads[n, i, cols] = sum(e_j / sum(e) * v[n, j, cols] for e_j, j in zip(e, keys, strict=True))
     return heads @ w["w_o"].T + b["w_o"]
 
 
@@ -355,7 +355,7 @@ def test_gpt_loss_and_gradients_agree_by_every_route_and_thread_count():
     loss, grads = results[1, "explicit"]
     for other_loss, other_grads in results.values():
         torch.testing.assert_close(other_loss, loss, rtol=1e-6, atol=1e-6)
-        for a, b in zip(other_grads, grads):
+        for a, b in zip(other_grads, grads, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 

@@ -3,7 +3,7 @@ driven by Playwright in Debian's Chromium.
 
 For notebooks 05 (masking), 14 (the chat model, at its CPU scale) and 07 (the
 encoder-decoder, at its CPU scale, trained for
-200 steps instead of 3,000 through ``COURSE_STEPS``; ``COURSE_BROWSER_STEPS=full`` runs it
+200 steps instead of 700 through ``COURSE_STEPS``; ``COURSE_BROWSER_STEPS=full`` runs it
 as is, about 110 s more on two quiet cores) the test opens a
 copy of the notebook (outputs cleared, so everything seen comes from this run), clicks
 Kernel > Restart Kernel and Run All Cells, waits until every code cell has run and the
@@ -116,7 +116,7 @@ class Lab:
             HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONHASHSEED="0",
             OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
             # notebook 07 trains for COURSE_STEPS steps (course_lib.env.train_steps) instead of
-            # 3,000: the page is what is tested, not the translator; "full" runs it as is
+            # 700: the page is what is tested, not the translator; "full" runs it as is
             COURSE_STEPS="" if BROWSER_STEPS == "full" else BROWSER_STEPS,
         )
         self.log = open(tmp / "jupyterlab.log", "w")  # noqa: SIM115 (closed in stop())
@@ -348,8 +348,8 @@ def test_07_encoder_decoder_in_jupyterlab(lab, page):
     state, seconds = run_all(page, lab, "07_encoder_decoder.ipynb", timeout_s=900)
     check_learner_view(page, lab, "07_encoder_decoder.ipynb", state, 'EXPORT / "cross_attention"')
     check_download(state, "cross_attention", lab.work)
-    trained = [c["text"] for c in state["cells"] if "history = train(" in c["source"]]
-    steps = 3000 if BROWSER_STEPS == "full" else int(BROWSER_STEPS)
+    trained = [c["text"] for c in state["cells"] if "losses = train_loop(model," in c["source"]]
+    steps = 700 if BROWSER_STEPS == "full" else int(BROWSER_STEPS)
     assert trained and f"{steps} steps" in trained[0], trained  # COURSE_STEPS reached the kernel
     # the translation demo is live: a new sentence (Enter) redraws its map
     demo = page.locator(f"{PANEL} .jp-Cell.jp-CodeCell").filter(has=page.locator(".widget-text input"))
