@@ -1,5 +1,5 @@
 """Time every notebook of the course as `bash scripts/course.sh` runs them, and write the
-seconds per notebook to resources/course_times.json (with the device, cores, torch version
+seconds per notebook to resources/results/course_times.json (with the device, cores, torch version
 and date), the file the README's CPU-time column and run_notebooks' estimates are read from.
 
     python benchmarks/course_times.py            # every notebook, --jobs as run_notebooks picks

@@ -2,12 +2,12 @@
 
     python scripts/run_notebooks.py --out exports          # executed copies + plots
     python scripts/run_notebooks.py --inplace [NB ...]     # refresh committed outputs
-    python scripts/run_notebooks.py --times resources/course_times.json   # and record the times
+    python scripts/run_notebooks.py --times resources/results/course_times.json   # and record the times
 
 Each notebook runs in its own kernel with the notebooks folder as working directory,
 progress bars off and the Hugging Face hub offline unless ``--online`` is given.
 ``--jobs`` notebooks run at once (on a CPU: one per core; on a GPU: one), the longest
-first, as timed in ``resources/course_times.json``. Each kernel gets an equal share of
+first, as timed in ``resources/results/course_times.json``. Each kernel gets an equal share of
 the cores as its torch threads (``OMP_NUM_THREADS``, unless it is set already): on two
 cores, two notebooks at once with one thread each, the setting the committed outputs
 are made with (``OMP_NUM_THREADS=1``). The notebooks seed themselves, so what runs
@@ -23,7 +23,6 @@ import datetime
 import json
 import multiprocessing
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-TIMES = ROOT / "resources" / "course_times.json"
+TIMES = ROOT / "resources" / "results" / "course_times.json"
 
 
 def clean_metadata(nb: nbformat.NotebookNode) -> None:
@@ -128,7 +127,7 @@ def execute(path: Path, target: Path, timeout: int) -> tuple[float, str | None, 
 def read_times(path: Path = TIMES) -> dict[str, float]:
     """Seconds per notebook (by stem) from a results file; {} when there is none yet."""
     try:
-        return {k: float(v) for k, v in json.loads(path.read_text())["notebooks"].items()}
+        return {k: float(v) for k, v in json.loads(path.read_text())["figures"]["notebooks"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
@@ -193,26 +192,13 @@ def run_all(paths: list[Path], targets: list[Path], jobs: int, timeout: int,
 
 
 def write_times(path: Path, results: dict[str, tuple[float, str | None, dict]], jobs: int, wall: float) -> None:
-    """The results file the README's CPU-time column is read from."""
-    import torch
+    """The results file the README's CPU-time column is read from (``course_lib.results``)."""
+    from course_lib.results import record
 
-    from course_lib.env import get_device
-
-    record = {
-        "device": str(get_device()),
-        "cores": cores(),
-        "jobs": jobs,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": datetime.date.today().isoformat(),
-        "wall_s": round(wall, 1),
-        "notebooks": {name: round(results[name][0], 1) for name in sorted(results)},
-        "slowest_cells": {name: results[name][2] for name in sorted(results)},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    figures = {"cores": cores(), "jobs": jobs, "wall_s": round(wall, 1),
+               "notebooks": {name: round(results[name][0], 1) for name in sorted(results)},
+               "slowest_cells": {name: results[name][2] for name in sorted(results)}}
+    record(path.stem, figures, source="benchmarks/course_times.py", folder=path.parent)
 
 
 def set_environment(args, threads: int) -> None:

@@ -1,5 +1,5 @@
 """scripts/run_notebooks.py: notebooks run --jobs at a time, longest first, each kernel with its
-share of the cores, no kernel warning; and resources/course_times.json, the results file the
+share of the cores, no kernel warning; and resources/results/course_times.json, the results file the
 README's CPU-time column is read from, names exactly the notebooks in notebooks/."""
 
 from __future__ import annotations
@@ -79,12 +79,13 @@ def test_times_file_round_trips(tmp_path):
     results = {"02_b": (250.04, None, {"cell 3": 200.0}), "01_a": (19.96, None, {})}
     run_notebooks.write_times(tmp_path / "t.json", results, jobs=2, wall=270.0)
     assert run_notebooks.read_times(tmp_path / "t.json") == {"01_a": 20.0, "02_b": 250.0}
-    assert json.loads((tmp_path / "t.json").read_text())["slowest_cells"]["02_b"] == {"cell 3": 200.0}
+    assert json.loads((tmp_path / "t.json").read_text())["figures"]["slowest_cells"]["02_b"] == {"cell 3": 200.0}
     assert run_notebooks.read_times(tmp_path / "missing.json") == {}
 
 
 def test_results_file_names_exactly_the_course_notebooks():
-    record = json.loads(run_notebooks.TIMES.read_text())
+    body = json.loads(run_notebooks.TIMES.read_text())
+    record = {**body, **body["figures"]}
     notebooks = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert sorted(record["notebooks"]) == notebooks, (
         f"{run_notebooks.TIMES.relative_to(ROOT)} does not time exactly the notebooks in notebooks/: "
