@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 
@@ -88,6 +89,10 @@ def _atomic_write(path: Path, write) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:  # a full disk, a folder that became read-only
+        kept = " (the previous one is kept)" if path.exists() else ""
+        raise CheckpointError(f"cannot write {path}{kept}: {getattr(exc, 'strerror', None) or exc}; free some "
+                              "space or write to another folder (--out).") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

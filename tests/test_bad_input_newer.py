@@ -6,7 +6,9 @@ never a meaningless result."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
 import torch
@@ -234,3 +236,71 @@ def test_classifier_heads_any_number_of_classes(n_classes):
     head = call(lambda: FirstTokenClassifier(bert, n_classes), "n_classes")
     if head is not None:
         assert head.head[-1].out_features == n_classes >= 2
+
+
+def test_settings_files_name_the_file_and_the_field(tmp_path):
+    from course_lib.training.translation import load_config
+
+    for field, value, words in (("norm_first", "false", "norm_first='false' must be true or false"),
+                                ("batch_size", "64", "batch_size='64' must be an integer"),
+                                ("label_smoothing", 1.5, "label_smoothing=1.5"), ("average_last", -1, "average_last=-1")):
+        path = tmp_path / f"{field}.json"
+        path.write_text(json.dumps({"preset": "tiny", field: value}))
+        with pytest.raises(ValueError, match=f"config file {re.escape(str(path))}: .*{re.escape(words)}"):
+            load_config(path)
+
+
+def test_checkpoint_averaging_and_the_plan_refuse_what_they_cannot_use():
+    from course_lib.training.plan import GPUS, memory_breakdown, plan_training
+    from course_lib.training.translation import average_weights
+
+    with pytest.raises(ValueError, match="non-empty list"):
+        average_weights([])
+    with pytest.raises(ValueError, match="snapshot 0 has other parameters"):
+        average_weights([{"w": torch.zeros(2)}, {"w": torch.zeros(3)}])
+    with pytest.raises(ValueError, match=r"unknown GPU name\(s\) \['V100'\]"):
+        memory_breakdown(gpus=("V100",))
+    with pytest.raises(ValueError, match="device must be a DeviceInfo"):
+        plan_training(TransformerConfig(src_vocab_size=8, tgt_vocab_size=8, d_model=8, n_heads=2), "V100", 8, 8)
+    with pytest.raises(ValueError, match="global_batch=0"):
+        plan_training(TransformerConfig(src_vocab_size=8, tgt_vocab_size=8, d_model=8, n_heads=2), GPUS["T4"], 0, 8)
+
+
+def test_a_preset_that_contradicts_the_resumed_run_is_an_error(tmp_path, capsys, one_thread):
+    from course_lib.cli import main
+
+    out = str(tmp_path / "run")
+    tiny = ["--data", "stdlib", "--max-chars", "5000", "--steps", "2", "--batch-size", "2", "--eval-every", "2",
+            "--eval-batches", "1", "--block-size", "8", "--device", "cpu", "--precision", "fp32", "--no-compile",
+            "--no-progress", "--out", out]
+    assert main(["train", "gpt", "--preset", "tiny", *tiny]) == 0
+    capsys.readouterr()
+    assert main(["train", "gpt", "--preset", "small-cpu", "--resume", *tiny[:-2], "--steps", "4", "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --preset small-cpu contradicts the run being resumed")
+    assert main(["train", "gpt", "--resume", *tiny[:-2], "--steps", "4", "--out", out]) == 0  # without it: continues
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_is_one_clear_error(tmp_path, monkeypatch, capsys, one_thread):
+    import safetensors
+
+    from course_lib import checkpoint
+    from course_lib.cli import main
+
+    out = tmp_path / "run"
+    tiny = ["--data", "stdlib", "--max-chars", "5000", "--batch-size", "2", "--eval-every", "2", "--eval-batches", "1",
+            "--block-size", "8", "--device", "cpu", "--precision", "fp32", "--no-compile", "--no-progress",
+            "--out", str(out)]
+    assert main(["train", "gpt", "--steps", "2", *tiny]) == 0
+    before = (out / "checkpoint.safetensors").read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    capsys.readouterr()
+    assert main(["train", "gpt", "--steps", "4", "--resume", *tiny]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write") and "previous one is kept" in err[0], err
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

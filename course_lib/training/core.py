@@ -158,6 +158,19 @@ class RunFolder:
 PER_SESSION = ("out", "device", "compile", "progress", "fsdp")  # not taken from a run being resumed
 
 
+def check_preset_on_resume(preset: str | None, values: dict, saved_model: dict) -> None:
+    """``--preset`` given with ``--resume``: an error naming the settings where the preset and
+    the run being resumed differ (the run's own settings would silently win)."""
+    if preset is None or not saved_model:
+        return
+    differ = {k: (v, saved_model[k]) for k, v in values.items()
+              if k in saved_model and k != "vocab_size" and saved_model[k] != v}
+    if differ:
+        shown = ", ".join(f"{k}={new!r} where the run has {old!r}" for k, (new, old) in sorted(differ.items()))
+        raise ValueError(f"--preset {preset} contradicts the run being resumed ({shown}); drop --preset to "
+                         "continue the run as it was trained, or give another --out for a new run.")
+
+
 def saved_settings(out: str | Path) -> tuple[dict, dict]:
     """The settings the run in ``out`` was trained with: (training settings, model config),
     for ``--resume``: what is given now (flags, ``--config``) overrides them, and they

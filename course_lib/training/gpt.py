@@ -32,6 +32,7 @@ from course_lib.training.core import (
     TrainConfig,
     Trainer,
     add_config_arguments,
+    check_preset_on_resume,
     cosine_lr,
     given,
     log,
@@ -193,8 +194,8 @@ def build_parser() -> Parser:
     p.add_argument("--arch", default=None, choices=sorted(ARCHS),
                    help="gpt: GPT-2's design; llama: RMSNorm, RoPE, SwiGLU, grouped-query attention "
                    "(notebook 13) (default: gpt, or the resumed run's)")
-    p.add_argument("--preset", default="tiny", choices=sorted(set(PRESETS) | set(llama.PRESETS)),
-                   help="model size (of the --arch)")
+    p.add_argument("--preset", default=None, choices=sorted(set(PRESETS) | set(llama.PRESETS)),
+                   help="model size (of the --arch; default: tiny, or the resumed run's)")
     p.add_argument("--config", help="JSON file of settings: training fields and model fields (GPTConfig)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out, with its own settings (flags given now override them)")
@@ -243,16 +244,18 @@ def command(argv=None) -> int:
     D.setup(cfg.device)  # joins torchrun's process group, if any
     arch = args.arch or saved_model.get("model_type") or "gpt"
     config_class, model_class, presets = ARCHS[arch]
-    if args.preset not in presets:
-        raise ValueError(f"--preset {args.preset} is not a preset of --arch {arch}; choose one of {sorted(presets)}.")
-    model_values = {**presets[args.preset], **saved_model, **{k: v for k, v in file_values.items() if k in model_names},
+    preset = args.preset or "tiny"
+    if preset not in presets:
+        raise ValueError(f"--preset {preset} is not a preset of --arch {arch}; choose one of {sorted(presets)}.")
+    check_preset_on_resume(args.preset, presets[preset], saved_model)
+    model_values = {**presets[preset], **saved_model, **{k: v for k, v in file_values.items() if k in model_names},
                     **given(args, GPTConfig, "model_"), **given(args, llama.LlamaConfig, "model_")}
     config_class.from_dict({"vocab_size": 256, **model_values})  # a mistake in the model's settings: now, not after the data
     text = load_text(cfg.data, max_chars=cfg.max_chars)
     if args.resume and run.tokenizer.exists():
         tokenizer = load_tokenizer(run.tokenizer)  # the run's own vocabulary
     else:
-        kind = cfg.tokenizer or ("gpt2" if "vocab_size" in presets[args.preset] else "char")
+        kind = cfg.tokenizer or ("gpt2" if "vocab_size" in presets[preset] else "char")
         tokenizer = gpt2_tokenizer() if kind == "gpt2" else CharTokenizer.from_text(text.text)
     if "vocab_size" not in file_values and "vocab_size" not in saved_model:
         v = tokenizer.vocab_size  # GPT-2's 50,257 rounded up to 50,304 on CUDA: faster matmuls

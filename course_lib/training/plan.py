@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from course_lib import checks
 from course_lib.gpt import GPTConfig
 from course_lib.llama import LlamaConfig
 from course_lib.training.memory import GiB, MemoryEstimate, count_parameters, estimate_memory
@@ -206,8 +207,15 @@ def plan_training(model_config: GPTConfig | TransformerConfig, device: DeviceInf
     """Precision from the device (``resolve_precision``), then the largest micro-batch that
     divides ``global_batch`` and whose estimated peak fits the budget. A batch that does not
     fit even one sequence at a time is an error that says what would."""
-    if global_batch < 1:
-        raise ValueError(f"global_batch must be >= 1, got {global_batch}.")
+    if not isinstance(device, DeviceInfo):
+        raise ValueError(f"device must be a DeviceInfo (device_info() or GPUS[name]), got {type(device).__name__}; "
+                         f"known GPUs: {sorted(GPUS)}.")
+    checks.count("global_batch", global_batch)
+    checks.count("seq_len", seq_len)
+    checks.count("steps", steps, optional=True)
+    checks.number("margin", margin, 0.0, 0.9)
+    checks.number("reserve_gib", reserve_gib, 0.0)
+    checks.number("assumed_mfu", assumed_mfu, 0.0, 1.0, above=True)
     name, reason = resolve_precision(precision, device.type, device.capability, device.name)
     budget = memory_budget(device, margin, reserve_gib)
 
@@ -255,6 +263,12 @@ def memory_breakdown(gpus=("T4", "L4", "A100-40GB", "H100"), loads: dict | None 
     DataFrame (GiB) for ``course_lib.training.memory.plot_memory``."""
     from course_lib.training.memory import memory_table
 
+    if isinstance(gpus, str) or not isinstance(gpus, (list, tuple)) or not gpus:
+        raise ValueError(f"gpus={gpus!r} must be a non-empty tuple of names from {sorted(GPUS)}.")
+    unknown = [g for g in gpus if g not in GPUS]
+    if unknown:
+        raise ValueError(f"unknown GPU name(s) {unknown}; the plan knows {sorted(GPUS)} "
+                         "(add one to course_lib.training.plan.GPUS with its memory and peak FLOP/s).")
     rows = []
     for name, (config, kwargs) in (loads or workloads()).items():
         for gpu in gpus:

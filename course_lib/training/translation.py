@@ -37,6 +37,7 @@ from course_lib.training.core import (
     TrainConfig,
     Trainer,
     add_config_arguments,
+    check_preset_on_resume,
     given,
     log,
     micro_batches,
@@ -118,7 +119,12 @@ def load_config(source: str | Path | dict) -> tuple[dict, dict]:
         raise ValueError(f"unknown config key(s) {sorted(unknown)}; training keys: {sorted(train_names)} "
                          f"(or {sorted(COURSE_TRAIN_KEYS)}); model keys: {sorted(model_names)} "
                          f"(or {sorted(COURSE_MODEL_KEYS)}).")
-    TransformerConfig.from_dict({"src_vocab_size": 8, "tgt_vocab_size": 8, **model})  # mistakes now, not later
+    where = "config" if isinstance(source, dict) else f"config file {source}"
+    try:  # each field's type and range now, before any data loads
+        TranslationTrainConfig.from_dict(train)
+        TransformerConfig.from_dict({"src_vocab_size": 8, "tgt_vocab_size": 8, **model})
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     return train, model
 
 
@@ -215,6 +221,13 @@ def evaluate_loss(model, examples, batch_size: int = 64, precision=None) -> floa
 def average_weights(snapshots: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The element-wise mean of several state dicts (checkpoint averaging: "we used a single
     model obtained by averaging the last 5 checkpoints", 6.1)."""
+    if not isinstance(snapshots, (list, tuple)) or not snapshots:
+        raise ValueError("average_weights needs a non-empty list of state dicts (the checkpoints to average).")
+    keys, shapes = set(snapshots[-1]), {k: v.shape for k, v in snapshots[-1].items()}
+    for i, snap in enumerate(snapshots):
+        if set(snap) != keys or any(snap[k].shape != shapes[k] for k in keys):
+            raise ValueError(f"snapshot {i} has other parameters (names or shapes) than the last one; "
+                             "average checkpoints of the same model only.")
     return {k: torch.stack([s[k].float() for s in snapshots]).mean(0).to(snapshots[-1][k].dtype)
             for k in snapshots[-1]}
 
@@ -424,6 +437,7 @@ def command(argv=None) -> int:
         raise ValueError(f"--until-step {args.until_step} must be >= 1.")
     get_device(cfg.device, source="--device")  # a device that is not here is an error now
     D.setup(cfg.device)  # joins torchrun's process group, if any; only rank 0 prints
+    check_preset_on_resume(args.preset, PRESETS[preset], saved_model)
     model_values = {**PRESETS[preset], **saved_model, **model_file, **given(args, TransformerConfig, "model_")}
     TransformerConfig.from_dict({**model_values, "src_vocab_size": 8, "tgt_vocab_size": 8, "pad_id": 0})  # now
     seed_everything(cfg.seed)
