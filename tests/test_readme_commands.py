@@ -1,4 +1,4 @@
-"""Every command line of the README, run at tiny settings (a few steps of a tiny model;
+"""Every command line of the README and docs/, run at tiny settings (a few steps of a tiny model;
 the README's own flags first, the tiny ones appended, so they win):
 
 - ``test_readme_commands``: the lines of the README's ```bash blocks that start with
@@ -17,6 +17,7 @@ fails them.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -95,7 +96,9 @@ def tiny(line: str, shared: Path) -> tuple[list[str], bool] | None:
         argv += [*GPT_TINY, *steps, *COMMON]
     elif words[:2] == ["train", "translate"]:
         argv += [*TRANSLATE_TINY, *steps, *COMMON]
-    elif words[:1] in (["generate"], ["translate"]):
+    elif words[:2] == ["train", "chat"]:
+        argv += ["--scale", "small", "--base-steps", "2", "--sft-steps", "2", "--dpo-steps", "2", "--device", "cpu"]
+    elif words[:1] in (["generate"], ["translate"], ["chat"]):
         argv += ["--max-new-tokens", "8", "--device", "cpu"]
     return argv, argv[0] != words[0]
 
@@ -164,9 +167,11 @@ def test_documented_commands(in_tmp, shared_data, capsys):
     assert any((in_tmp / "exports" / "attention").iterdir())
 
 
-def test_readme_commands(in_tmp, shared_data, capsys):
-    lines = command_lines((ROOT / "README.md").read_text(encoding="utf-8"))
-    assert lines, "no command lines found in the README's bash blocks"
+def test_readme_commands(in_tmp, shared_data, capsys, monkeypatch):
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    lines = [line for page in pages for line in command_lines(page.read_text(encoding="utf-8"))]
+    assert lines, "no command lines found in the bash blocks of the README and docs/"
+    monkeypatch.setattr("sys.stdin", io.StringIO("count: cat dog\n\n"))  # the chat command reads its messages
     stale = [line for line in lines if re.search(r"course_lib\.(train|generate|translate|export_attention)\b", line)]
     assert not stale, f"README lines use entry points that no longer exist: {stale}"
     run_lines(lines, shared_data, in_tmp, capsys, known=frozenset(command_lines(DOCUMENTED)))

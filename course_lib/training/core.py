@@ -159,8 +159,9 @@ PER_SESSION = ("out", "device", "compile", "progress", "fsdp")  # not taken from
 
 
 def check_preset_on_resume(preset: str | None, values: dict, saved_model: dict) -> None:
-    """``--preset`` given with ``--resume``: an error naming the settings where the preset and
-    the run being resumed differ (the run's own settings would silently win)."""
+    """``--preset`` given with ``--resume``: an error naming the settings where ``values`` (the
+    preset with the model settings given beside it) and the run being resumed differ (the
+    run's own settings would silently win)."""
     if preset is None or not saved_model:
         return
     differ = {k: (v, saved_model[k]) for k, v in values.items()

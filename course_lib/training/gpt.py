@@ -247,9 +247,10 @@ def command(argv=None) -> int:
     preset = args.preset or "tiny"
     if preset not in presets:
         raise ValueError(f"--preset {preset} is not a preset of --arch {arch}; choose one of {sorted(presets)}.")
-    check_preset_on_resume(args.preset, presets[preset], saved_model)
-    model_values = {**presets[preset], **saved_model, **{k: v for k, v in file_values.items() if k in model_names},
-                    **given(args, GPTConfig, "model_"), **given(args, llama.LlamaConfig, "model_")}
+    asked = {**{k: v for k, v in file_values.items() if k in model_names},
+             **given(args, GPTConfig, "model_"), **given(args, llama.LlamaConfig, "model_")}
+    check_preset_on_resume(args.preset, {**presets[preset], **asked}, saved_model)
+    model_values = {**presets[preset], **saved_model, **asked}
     config_class.from_dict({"vocab_size": 256, **model_values})  # a mistake in the model's settings: now, not after the data
     text = load_text(cfg.data, max_chars=cfg.max_chars)
     if args.resume and run.tokenizer.exists():

@@ -437,8 +437,9 @@ def command(argv=None) -> int:
         raise ValueError(f"--until-step {args.until_step} must be >= 1.")
     get_device(cfg.device, source="--device")  # a device that is not here is an error now
     D.setup(cfg.device)  # joins torchrun's process group, if any; only rank 0 prints
-    check_preset_on_resume(args.preset, PRESETS[preset], saved_model)
-    model_values = {**PRESETS[preset], **saved_model, **model_file, **given(args, TransformerConfig, "model_")}
+    asked = {**model_file, **given(args, TransformerConfig, "model_")}
+    check_preset_on_resume(args.preset, {**PRESETS[preset], **asked}, saved_model)
+    model_values = {**PRESETS[preset], **saved_model, **asked}
     TransformerConfig.from_dict({**model_values, "src_vocab_size": 8, "tgt_vocab_size": 8, "pad_id": 0})  # now
     seed_everything(cfg.seed)
     train_pairs = load_pairs(cfg.data, "train", cfg.n_train, cfg.seed)
