@@ -34,7 +34,18 @@ def describe_machine() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads ({platform.machine()})"
+    threads = torch.get_num_threads()
+    return f"CPU, {os.cpu_count()} cores, {threads} torch thread{'s' if threads > 1 else ''} ({platform.machine()})"
+
+
+def _default_folder() -> Path:
+    """resources/results/ in a checkout of the course; elsewhere (an installed package, as in
+    Colab) a results/ folder beside the notebook's exports."""
+    if (ROOT / "notebooks").is_dir() and (ROOT / "resources").is_dir():
+        return RESULTS
+    from course_lib.env import export_dir
+
+    return export_dir("results")
 
 
 def record(name: str, figures: dict, source: str, device: str | None = None, folder: Path | None = None) -> Path:
@@ -46,7 +57,7 @@ def record(name: str, figures: dict, source: str, device: str | None = None, fol
         raise ValueError(f"results name {name!r} must be letters, digits, '_' or '-' (it names a file).")
     if not isinstance(figures, dict) or not figures:
         raise ValueError("figures must be a non-empty dict of named values.")
-    folder = Path(folder or RESULTS)
+    folder = Path(folder or _default_folder())
     folder.mkdir(parents=True, exist_ok=True)
     body = {"name": name, "source": source, "device": device or describe_machine(),
             "torch": torch.__version__.split("+")[0], "python": platform.python_version(),
@@ -55,7 +66,9 @@ def record(name: str, figures: dict, source: str, device: str | None = None, fol
     tmp = path.with_suffix(f".json.tmp{os.getpid()}")
     tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
-    print(f"recorded {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    from course_lib.env import shown_path
+
+    print(f"recorded {path.relative_to(ROOT) if path.is_relative_to(ROOT) else shown_path(path)}")
     return path
 
 
