@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=1,
                    help="time it this many times, each in a fresh process, and print the spread of the ratios")
     p.add_argument("--record", action="store_true",
-                   help="with --repeat: write the ratios to resources/results/bench_gpt_<device>.json")
+                   help="with --repeat: write the ratios to resources/results/bench_gpt_cpu.json (on a GPU: bench_gpt_cuda.json)")
     p.add_argument("--ratios-to", help=argparse.SUPPRESS)  # where a --repeat run writes its ratios
     args = p.parse_args(argv)
     if args.repeat < 1 or (args.repeat > 1 and args.shakespeare_cpu):

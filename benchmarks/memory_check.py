@@ -77,12 +77,36 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def slug(*parts: str) -> str:
+    """A key a docs marker can name: ``"gpt2-124m", "T4"`` -> ``"gpt2_124m_t4"``."""
+    return re.sub(r"[^a-z0-9]+", "_", " ".join(parts).lower()).strip("_")
+
+
+def recorded_rows(rows: list[dict]) -> dict:
+    keep = ("precision", "micro_batch", "how", "tokens_per_s")
+    return {slug(r["workload"], r["device"].split(" plan")[0], "compiled" if r["compiled"] else "eager"): {
+        **{k: r[k] for k in keep if k in r}, "estimate_gib": round(r["estimate"] / GiB, 2),
+        "measured_gib": round(r["measured"] / GiB, 2) if r["measured"] else None} for r in rows}
+
+
+def plan_table(gpus=("T4", "L4", "A100-40GB", "H100")) -> dict:
+    """The plan of each full-scale workload on each GPU of the table: precision, micro-batch,
+    accumulation and the estimated peak (eager, AdamW)."""
+    out = {}
+    for name, (config, kw) in workloads().items():
+        for gpu in gpus:
+            plan = plan_training(config, GPUS[gpu], **kw)
+            out[slug(name, gpu)] = {"precision": plan.precision, "micro_batch": plan.micro_batch,
+                                    "grad_accum": plan.grad_accum, "estimate_gib": round(plan.est_memory.total / GiB, 2)}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cuda", action="store_true", help="measure on the GPU (else fake tensors on the CPU)")
     p.add_argument("--no-compile", action="store_true", help="on the GPU: eager runs only")
     p.add_argument("--json", type=Path, help="also write the rows here")
-    p.add_argument("--record", action="store_true", help="write resources/results/memory_check_<cpu|cuda>.json")
+    p.add_argument("--record", action="store_true", help="write resources/results/memory_check_cpu.json (with --cuda: memory_check_cuda.json)")
     args = p.parse_args(argv)
     if args.cuda:
         import torch
@@ -101,14 +125,8 @@ def main(argv=None) -> int:
     if args.record:
         from course_lib.results import record
 
-        keep = ("workload", "device", "precision", "micro_batch", "compiled", "how", "tokens_per_s")
-        def slug(*parts) -> str:
-            return re.sub(r"[^a-z0-9]+", "_", " ".join(parts).lower()).strip("_")
-
-        figures = {slug(r["workload"], r["device"].split(" plan")[0], "compiled" if r["compiled"] else "eager"): {
-            **{k: r[k] for k in keep if k in r}, "estimate_gib": round(r["estimate"] / GiB, 3),
-            "measured_gib": round(r["measured"] / GiB, 3) if r["measured"] else None} for r in rows}
-        record(f"memory_check_{'cuda' if args.cuda else 'cpu'}", figures, source="benchmarks/memory_check.py")
+        name = f"memory_check_{'cuda' if args.cuda else 'cpu'}"
+        record(name, {"checks": recorded_rows(rows), "plans": plan_table()}, source="benchmarks/memory_check.py")
     return 0
 
 

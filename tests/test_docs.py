@@ -68,7 +68,7 @@ def test_every_local_link_exists(page):
 
 
 def test_the_layout_names_every_module_and_notebook_and_nothing_else():
-    layout = text(ROOT / "docs" / "layout.md")
+    layout = text(ROOT / "docs/layout.md")
     modules = {m.name.removeprefix("course_lib.") for m in pkgutil.walk_packages(course_lib.__path__, "course_lib.")}
     modules = {m for m in modules if not m.endswith("__main__") and not m.startswith("solutions.nb")}
     named = set()

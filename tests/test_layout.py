@@ -238,7 +238,7 @@ def test_every_file_the_docs_and_code_name_exists():
     resources/). This file is not scanned: it names a missing file on purpose, below."""
     sources = [ROOT / "README.md", ROOT / ".ci" / "run", *ROOT.glob("course_lib/**/*.py"),
                *ROOT.glob("benchmarks/*.py"), *ROOT.glob("scripts/*"), *ROOT.glob("tests/*.py"),
-               *ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("resources/**/*.md")]
+               *ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("resources/**/*.md"), *ROOT.glob("docs/*.md")]
     sources = [src for src in sources if src != Path(__file__).resolve()]
     missing = [f"{src.relative_to(ROOT)}: {ref}" for src in sources if src.is_file()
                for ref in sorted(file_references(src.read_text(encoding="utf-8", errors="replace")))
