@@ -55,7 +55,7 @@ def test_two_notebooks_run_at_once_with_one_thread_each(tmp_path):
     assert "done in" in out and "(2/2)" in out and "executed notebooks in" in out
     # the kernels talk over local sockets: no warning about unencrypted TCP, nor any other
     assert "encryption" not in out + done.stderr and "Warning" not in out + done.stderr
-    times = json.loads((tmp_path / "times.json").read_text())
+    times = json.loads((tmp_path / "times.json").read_text())["figures"]
     assert set(times["notebooks"]) == {"aa", "bb"} and times["jobs"] == 2
     assert all(0 < s < 300 for s in times["notebooks"].values())
     assert list(times["slowest_cells"]["aa"]) == ["cell 0"]
