@@ -94,7 +94,7 @@ def export_attention_maps(
     does not fit an axis' length the positions are numbered. Returns the index that is
     also written to ``attention.json``.
     """
-    from course_lib.plotting import attention_grid, heatmap, plt, save_figure
+    import course_lib.plotting  # noqa: F401  (matplotlib loads before the model runs)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,22 +106,50 @@ def export_attention_maps(
             raise ValueError(f"batch_index={batch_index} is outside the batch of {w.shape[0]}.")
         w = w[batch_index]  # (heads, L_q, L_k)
         layer, kind, pattern = describe(name)
-        decoder_side = kind.startswith("decoder") or kind == "cross"
-        y = _labels(w.shape[1], *((target_tokens, tokens) if decoder_side else (tokens, target_tokens)))
-        x = _labels(w.shape[2], *((tokens, target_tokens) if kind.endswith("cross") or not decoder_side
-                                   else (target_tokens, tokens)))
-        files = []
-        for h in range(w.shape[0]):
-            size = min(12.0, max(3.0, 0.35 * max(w.shape[1:]) + 1.5))
-            fig, ax = plt.subplots(figsize=(size + 1.0, size))
-            labelled = max(w.shape[1:]) <= MAX_LABELLED
-            heatmap(w[h], x if labelled else None, y if labelled else None, ax=ax, vmin=0.0, vmax=1.0,
-                    title=f"{kind} attention, layer {layer}, head {h}")
-            files += [p.name for p in save_figure(fig, out / f"{_slug(name)}_head{h}", formats, quiet=True)]
-            plt.close(fig)
+        y, x = _axis_labels(kind, w.shape[1], w.shape[2], tokens, target_tokens)
+        files = _save_head_maps(w, name, kind, layer, x, y, out, formats)
         index["modules"].append({"module": name, "kind": kind, "layer": layer, "heads": int(w.shape[0]),
                                  "query_tokens": y, "key_tokens": x, "files": files})
         groups.setdefault(pattern, []).append((layer, name, kind, w, x, y))
+    tensors = _save_grids(groups, out, formats, index["grids"])
+    _write_weights_and_index(out, tensors, index)
+    return index
+
+
+def _axis_labels(kind: str, n_q: int, n_k: int, tokens: Sequence[str] | None,
+                 target_tokens: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """``(query labels, key labels)`` of a module of ``kind``: decoder queries read the
+    target, cross-attention keys the source; numbered positions where no list fits."""
+    decoder_side = kind.startswith("decoder") or kind == "cross"
+    y = _labels(n_q, *((target_tokens, tokens) if decoder_side else (tokens, target_tokens)))
+    x = _labels(n_k, *((tokens, target_tokens) if kind.endswith("cross") or not decoder_side
+                       else (target_tokens, tokens)))
+    return y, x
+
+
+def _save_head_maps(w: torch.Tensor, name: str, kind: str, layer: int, x: list[str], y: list[str],
+                    out: Path, formats: Sequence[str]) -> list[str]:
+    """One heatmap per head of ``w (heads, L_q, L_k)``; returns the names of the files written."""
+    from course_lib.plotting import heatmap, plt, save_figure
+
+    files = []
+    for h in range(w.shape[0]):
+        size = min(12.0, max(3.0, 0.35 * max(w.shape[1:]) + 1.5))
+        fig, ax = plt.subplots(figsize=(size + 1.0, size))
+        labelled = max(w.shape[1:]) <= MAX_LABELLED
+        heatmap(w[h], x if labelled else None, y if labelled else None, ax=ax, vmin=0.0, vmax=1.0,
+                title=f"{kind} attention, layer {layer}, head {h}")
+        files += [p.name for p in save_figure(fig, out / f"{_slug(name)}_head{h}", formats, quiet=True)]
+        plt.close(fig)
+    return files
+
+
+def _save_grids(groups: dict[str, list], out: Path, formats: Sequence[str],
+                grids: list) -> dict[str, torch.Tensor]:
+    """One layers x heads grid per group of modules (``(layer, name, kind, w, x, y)`` each);
+    appends each grid's entry to ``grids`` and returns the stacked weights by file slug."""
+    from course_lib.plotting import attention_grid, plt, save_figure
+
     kinds = [g[0][2] for g in groups.values()]
     tensors = {}
     for pattern, members in groups.items():
@@ -139,14 +167,18 @@ def export_attention_maps(
                              row_names=[f"layer {m[0]}" for m in members])
         files = [p.name for p in save_figure(fig, out / f"grid_{slug}", formats, quiet=True)]
         plt.close(fig)
-        index["grids"].append({"kind": kind, "modules": [m[1] for m in members], "files": files,
-                               "shape": list(stacked.shape)})
+        grids.append({"kind": kind, "modules": [m[1] for m in members], "files": files,
+                      "shape": list(stacked.shape)})
+    return tensors
+
+
+def _write_weights_and_index(out: Path, tensors: dict[str, torch.Tensor], index: dict) -> None:
+    """``attention.safetensors`` (the grids' weights) and ``attention.json`` (the index)."""
     from safetensors.torch import save_file
 
     save_file({k: v for k, v in tensors.items()}, str(out / "attention.safetensors"))
     (out / "attention.json").write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n",
                                         encoding="utf-8")
-    return index
 
 
 # ------------------------------------------------------------------ command line

@@ -99,6 +99,30 @@ def generate(
     (a model whose vocabulary was padded past the tokenizer's, e.g. 50,304 for GPT-2).
     """
     check_sampling_args(temperature, top_k, top_p)
+    _check_generate_args(idx, max_new_tokens, vocab_size)
+    if idx.dim() == 1:
+        idx = idx[None]
+    cfg = model.config
+    idx = _checked_prompt(idx, cfg)
+    was_training = model.training
+    model.eval()
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    caches, fed = None, 0  # fed: tokens of idx the caches already hold
+    for _ in range(max_new_tokens):
+        logits, caches = _forward_step(model, idx, caches, fed, use_cache, cfg.block_size)
+        fed = idx.shape[1]
+        nxt = _sample_next(logits[:, -1, :], temperature, top_k, top_p, generator, vocab_size)
+        if eos_id is not None:
+            nxt = nxt.masked_fill(finished[:, None], eos_id)
+            finished |= nxt[:, 0] == eos_id
+        idx = torch.cat([idx, nxt], dim=1)
+        if eos_id is not None and bool(finished.all()):
+            break
+    model.train(was_training)
+    return idx
+
+
+def _check_generate_args(idx, max_new_tokens, vocab_size) -> None:
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0 (the tokens to add).")
     if not torch.is_tensor(idx) or idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dim() not in (1, 2):
@@ -106,9 +130,10 @@ def generate(
         raise ValueError(f"the prompt must be token ids, an integer tensor of shape (T,) or (B, T); got {what}.")
     if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size < 1):
         raise ValueError(f"vocab_size={vocab_size!r} must be an integer >= 1 (or None).")
-    if idx.dim() == 1:
-        idx = idx[None]
-    cfg = model.config
+
+
+def _checked_prompt(idx: torch.Tensor, cfg) -> torch.Tensor:
+    """The prompt ``(B, T)`` once its ids are checked, cropped to the last ``cfg.block_size`` tokens."""
     if idx.numel() == 0:
         raise ValueError("the prompt is empty; give at least one token.")
     if int(idx.min()) < 0 or int(idx.max()) >= cfg.vocab_size:
@@ -118,33 +143,29 @@ def generate(
             "encode the prompt with the tokenizer the model was trained with."
         )
     if idx.shape[1] > cfg.block_size:
-        warnings.warn(
+        warnings.warn(  # stacklevel 3: the frame that called generate (through torch.no_grad)
             f"prompt of {idx.shape[1]} tokens is longer than the context of {cfg.block_size}; "
-            f"using its last {cfg.block_size} tokens.", stacklevel=2,
+            f"using its last {cfg.block_size} tokens.", stacklevel=3,
         )
         idx = idx[:, -cfg.block_size:]
-    was_training = model.training
-    model.eval()
-    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-    caches, fed = None, 0  # fed: tokens of idx the caches already hold
-    for _ in range(max_new_tokens):
-        if use_cache and caches is not None and idx.shape[1] <= cfg.block_size:
-            logits, _ = model(idx[:, fed:], caches=caches)
-        else:  # no cache, first step, or the context window slid: run the last block_size tokens
-            window = idx[:, -cfg.block_size:]
-            caches = model.new_caches() if use_cache and idx.shape[1] <= cfg.block_size else None
-            logits, _ = model(window, caches=caches)
-        fed = idx.shape[1]
-        last = logits[:, -1, :]
-        if vocab_size is not None and vocab_size < last.shape[-1]:
-            last = last[:, :vocab_size]  # drop the padding ids
-        probs = next_token_probs(last, temperature, top_k, top_p)
-        nxt = probs.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial(probs, 1, generator=generator)
-        if eos_id is not None:
-            nxt = nxt.masked_fill(finished[:, None], eos_id)
-            finished |= nxt[:, 0] == eos_id
-        idx = torch.cat([idx, nxt], dim=1)
-        if eos_id is not None and bool(finished.all()):
-            break
-    model.train(was_training)
     return idx
+
+
+def _forward_step(model, idx: torch.Tensor, caches, fed: int, use_cache: bool, block_size: int):
+    """``(logits, caches)`` of one step: only the new tokens while the cache holds the rest."""
+    if use_cache and caches is not None and idx.shape[1] <= block_size:
+        logits, _ = model(idx[:, fed:], caches=caches)
+    else:  # no cache, first step, or the context window slid: run the last block_size tokens
+        window = idx[:, -block_size:]
+        caches = model.new_caches() if use_cache and idx.shape[1] <= block_size else None
+        logits, _ = model(window, caches=caches)
+    return logits, caches
+
+
+def _sample_next(last: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                 generator: torch.Generator | None, vocab_size: int | None) -> torch.Tensor:
+    """The next token ``(B, 1)`` from the last position's logits ``(B, V)``."""
+    if vocab_size is not None and vocab_size < last.shape[-1]:
+        last = last[:, :vocab_size]  # drop the padding ids
+    probs = next_token_probs(last, temperature, top_k, top_p)
+    return probs.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial(probs, 1, generator=generator)

@@ -161,51 +161,23 @@ def attention_grid(
     tokens (at least ``cell_size`` inches, at most ``MAX_CELL_IN``); past that, every k-th
     token is labelled (its position in brackets) so that no two labels overlap.
     """
-    if isinstance(weights, (list, tuple)):
-        weights = torch.stack([torch.as_tensor(w) for w in weights])
-    w = _to_numpy(weights)
-    if w.ndim == 3:
-        w = w[None]
-    if w.ndim != 4:
-        raise ValueError(f"attention_grid needs (layers, heads, L_q, L_k), got shape {w.shape}.")
+    w = _grid_weights(weights)
     n_layers, n_heads, n_q, n_k = w.shape
     for name, labels, n in (("x_labels", x_labels, n_k), ("y_labels", y_labels, n_q)):
         if labels is not None and len(labels) != n:
             raise ValueError(f"{name} has {len(labels)} labels for {n} positions; give one per token.")
     cell_w = min(MAX_CELL_IN, max(cell_size, n_k * _LINE_IN))
     cell_h = min(MAX_CELL_IN, max(cell_size, n_q * _LINE_IN))
-    # room for the tick labels, titles and the colour bar around the cells
-    longest = max((len(str(t)) for t in [*(x_labels or []), *(y_labels or [])]), default=2)
-    margin = 0.6 + longest * LABEL_PT * 0.6 / 72
-    fig, axes = plt.subplots(
-        n_layers, n_heads, squeeze=False, layout="constrained",
-        figsize=(cell_w * n_heads + margin + 1.2, cell_h * n_layers + margin + (0.4 if title else 0)),
-    )
-    step_x, step_y = _tick_step(n_k, cell_w), _tick_step(n_q, cell_h)
-
-    def ticks(labels, step):
-        idx = list(range(0, len(labels), step))
-        text = [str(labels[i]) if step == 1 else f"{labels[i]} [{i}]" for i in idx]
-        return idx, text
-
+    fig, axes = _grid_axes(n_layers, n_heads, cell_w, cell_h, [*(x_labels or []), *(y_labels or [])], title)
+    x_ticks = _grid_ticks(x_labels, _tick_step(n_k, cell_w)) if x_labels is not None else None
+    y_ticks = _grid_ticks(y_labels, _tick_step(n_q, cell_h)) if y_labels is not None else None
     im = None
     for i in range(n_layers):
         for j in range(n_heads):
             ax = axes[i, j]
             im = ax.imshow(w[i, j], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto",
                            interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == n_layers - 1 and x_labels is not None:
-                idx, text = ticks(x_labels, step_x)
-                ax.set_xticks(idx, labels=text, rotation=90, fontsize=LABEL_PT)
-            if j == 0 and y_labels is not None:
-                idx, text = ticks(y_labels, step_y)
-                ax.set_yticks(idx, labels=text, fontsize=LABEL_PT)
-            if i == 0:
-                ax.set_title(f"head {j}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(row_names[i] if row_names else f"layer {i}", fontsize=9)
+            _label_grid_cell(ax, i, j, n_layers, x_ticks, y_ticks, row_names)
     bar = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=min(1.0, 0.9 if n_layers > 1 else 1.0),
                        aspect=max(10, 20 * n_layers), pad=0.02)
     bar.set_label("attention weight", fontsize=9)
@@ -213,6 +185,51 @@ def attention_grid(
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
+
+
+def _grid_weights(weights) -> np.ndarray:
+    """``weights`` as a ``(layers, heads, L_q, L_k)`` array."""
+    if isinstance(weights, (list, tuple)):
+        weights = torch.stack([torch.as_tensor(w) for w in weights])
+    w = _to_numpy(weights)
+    if w.ndim == 3:
+        w = w[None]
+    if w.ndim != 4:
+        raise ValueError(f"attention_grid needs (layers, heads, L_q, L_k), got shape {w.shape}.")
+    return w
+
+
+def _grid_axes(n_layers: int, n_heads: int, cell_w: float, cell_h: float, labels: Sequence, title: str):
+    """``(fig, axes)`` of a layers x heads grid, with room for the longest of ``labels``,
+    the titles and the colour bar around the cells."""
+    longest = max((len(str(t)) for t in labels), default=2)
+    margin = 0.6 + longest * LABEL_PT * 0.6 / 72
+    return plt.subplots(
+        n_layers, n_heads, squeeze=False, layout="constrained",
+        figsize=(cell_w * n_heads + margin + 1.2, cell_h * n_layers + margin + (0.4 if title else 0)),
+    )
+
+
+def _grid_ticks(labels: Sequence, step: int) -> tuple[list[int], list[str]]:
+    """Positions and texts of every ``step``-th label; past 1, each text gives its position."""
+    idx = list(range(0, len(labels), step))
+    text = [str(labels[i]) if step == 1 else f"{labels[i]} [{i}]" for i in idx]
+    return idx, text
+
+
+def _label_grid_cell(ax, i: int, j: int, n_layers: int, x_ticks, y_ticks, row_names) -> None:
+    """Ticks and titles of the cell of layer ``i``, head ``j``: token labels on the bottom
+    row and the first column only."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if i == n_layers - 1 and x_ticks is not None:
+        ax.set_xticks(x_ticks[0], labels=x_ticks[1], rotation=90, fontsize=LABEL_PT)
+    if j == 0 and y_ticks is not None:
+        ax.set_yticks(y_ticks[0], labels=y_ticks[1], fontsize=LABEL_PT)
+    if i == 0:
+        ax.set_title(f"head {j}", fontsize=9)
+    if j == 0:
+        ax.set_ylabel(row_names[i] if row_names else f"layer {i}", fontsize=9)
 
 
 def scatter_2d(

@@ -361,11 +361,32 @@ def _list_of(value, kind, what: str, path) -> list:
     return value
 
 
+_FIELDS_OF = {"bpe": ("merges", "special_tokens", "pattern"), "char": ("vocab", "special_tokens"),
+              "word": ("vocab", "special_tokens"), "tiktoken": ("name",)}
+
+
 def load_tokenizer(path) -> Tokenizer:
     """Read a tokenizer written by ``save(path)``. A missing file is a ``FileNotFoundError``;
     anything else that is not one of ours a ``TokenizerFileError`` (a ``ValueError``)
     naming the file and what is wrong."""
     path = Path(path)
+    d = _read_tokenizer_json(path)
+    kind = _tokenizer_kind(d, path)
+    try:
+        if kind == "bpe":
+            return _bpe_from_dict(d, path)
+        if kind == "tiktoken":
+            return _tiktoken_from_dict(d, path)
+        return _vocab_tokenizer_from_dict(kind, d, path)
+    except TokenizerFileError:
+        raise
+    # the ValueError of an unloadable tiktoken encoding is reported here too, cut to 200 characters
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, bpe.regex.error) as exc:
+        raise _bad_tokenizer(path, str(exc)[:200]) from None
+
+
+def _read_tokenizer_json(path: Path) -> dict:
+    """The JSON object in the tokenizer file ``path``."""
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer file at {path}; it is written beside the checkpoint "
                                 "(tokenizer.json): check the path or train again.")
@@ -375,54 +396,61 @@ def load_tokenizer(path) -> Tokenizer:
         raise _bad_tokenizer(path, f"not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(d, dict):
         raise _bad_tokenizer(path, f"a JSON {type(d).__name__}, not an object")
+    return d
+
+
+def _tokenizer_kind(d: dict, path: Path) -> str:
+    """The ``type`` of a tokenizer dict, once it is known and has all its fields."""
     kind = d.get("type")
-    fields_of = {"bpe": ("merges", "special_tokens", "pattern"), "char": ("vocab", "special_tokens"),
-                 "word": ("vocab", "special_tokens"), "tiktoken": ("name",)}
-    if not isinstance(kind, str) or kind not in fields_of:
+    if not isinstance(kind, str) or kind not in _FIELDS_OF:
         raise _bad_tokenizer(path, f"unknown tokenizer type {kind!r}; expected bpe, char, word or tiktoken")
-    missing = [f for f in fields_of[kind] if f not in d]
+    missing = [f for f in _FIELDS_OF[kind] if f not in d]
     if missing:
         raise _bad_tokenizer(path, f"a {kind} tokenizer without the field(s) {missing}")
-    try:
-        if kind == "bpe":
-            merges = _list_of(d["merges"], list, "merges", path)
-            if not all(len(m) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in m)
-                       for m in merges):
-                raise _bad_tokenizer(path, "each merge must be a pair of token ids")
-            specials = d["special_tokens"]
-            if not isinstance(specials, dict) or not all(
-                    isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in specials.items()):
-                raise _bad_tokenizer(path, "special_tokens must map names to ids")
-            first = 256 + len(merges)
-            if sorted(specials.values()) != list(range(first, first + len(specials))):
-                raise _bad_tokenizer(path, f"special token ids must follow the merges (ids {first}...)")
-            if not isinstance(d["pattern"], str):
-                raise _bad_tokenizer(path, "pattern must be a string")
-            counts = d.get("merge_counts")
-            if counts is not None:
-                _list_of(counts, int, "merge_counts", path)
-            return BPETokenizer(merges, specials, d["pattern"], counts)
-        if kind == "tiktoken":
-            if not isinstance(d["name"], str):
-                raise _bad_tokenizer(path, "name must be a string")
-            encoding, why = load_tiktoken(d["name"])
-            if encoding is None:
-                raise ValueError(f"{path} names tiktoken's {d['name']!r} tokenizer, which cannot be loaded here "
-                                 f"({why}); connect to the internet once so that tiktoken caches it.")
-            return TiktokenTokenizer(encoding)
-        vocab = _list_of(d["vocab"], str, "vocab", path)
-        specials = _list_of(d["special_tokens"], str, "special_tokens", path)
-        if not vocab:
-            raise _bad_tokenizer(path, "the vocabulary is empty")
-        if kind == "char":
-            return CharTokenizer(vocab, specials)
-        if not isinstance(d.get("lower", False), bool):
-            raise _bad_tokenizer(path, "lower must be true or false")
-        return WordTokenizer(vocab, specials, d.get("lower", False))
-    except TokenizerFileError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, bpe.regex.error) as exc:
-        raise _bad_tokenizer(path, str(exc)[:200]) from None
+    return kind
+
+
+def _bpe_from_dict(d: dict, path: Path) -> BPETokenizer:
+    merges = _list_of(d["merges"], list, "merges", path)
+    if not all(len(m) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in m)
+               for m in merges):
+        raise _bad_tokenizer(path, "each merge must be a pair of token ids")
+    specials = d["special_tokens"]
+    if not isinstance(specials, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in specials.items()):
+        raise _bad_tokenizer(path, "special_tokens must map names to ids")
+    first = 256 + len(merges)
+    if sorted(specials.values()) != list(range(first, first + len(specials))):
+        raise _bad_tokenizer(path, f"special token ids must follow the merges (ids {first}...)")
+    if not isinstance(d["pattern"], str):
+        raise _bad_tokenizer(path, "pattern must be a string")
+    counts = d.get("merge_counts")
+    if counts is not None:
+        _list_of(counts, int, "merge_counts", path)
+    return BPETokenizer(merges, specials, d["pattern"], counts)
+
+
+def _tiktoken_from_dict(d: dict, path: Path) -> TiktokenTokenizer:
+    if not isinstance(d["name"], str):
+        raise _bad_tokenizer(path, "name must be a string")
+    encoding, why = load_tiktoken(d["name"])
+    if encoding is None:
+        raise ValueError(f"{path} names tiktoken's {d['name']!r} tokenizer, which cannot be loaded here "
+                         f"({why}); connect to the internet once so that tiktoken caches it.")
+    return TiktokenTokenizer(encoding)
+
+
+def _vocab_tokenizer_from_dict(kind: str, d: dict, path: Path) -> Tokenizer:
+    """A ``char`` or ``word`` tokenizer."""
+    vocab = _list_of(d["vocab"], str, "vocab", path)
+    specials = _list_of(d["special_tokens"], str, "special_tokens", path)
+    if not vocab:
+        raise _bad_tokenizer(path, "the vocabulary is empty")
+    if kind == "char":
+        return CharTokenizer(vocab, specials)
+    if not isinstance(d.get("lower", False), bool):
+        raise _bad_tokenizer(path, "lower must be true or false")
+    return WordTokenizer(vocab, specials, d.get("lower", False))
 
 
 def load_tiktoken(name: str = "gpt2", timeout: float = 5.0):
