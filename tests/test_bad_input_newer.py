@@ -23,7 +23,7 @@ from course_lib.data import dialogues, tasks
 from course_lib.lora import LoRALinear, add_lora
 from course_lib.quantize import QuantizedLinear, absmax_quantize, quantize_model
 from course_lib.summarize import rouge, tldr_prompt
-from course_lib.transformer import TransformerConfig
+from course_lib.transformer import Transformer, TransformerConfig
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -304,3 +304,36 @@ def test_a_full_disk_while_a_checkpoint_is_written_is_one_clear_error(tmp_path, 
     assert len(err) == 1 and err[0].startswith("error: cannot write") and "previous one is kept" in err[0], err
     assert (out / "checkpoint.safetensors").read_bytes() == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@SETTINGS
+@given(batch_size=anything, seq_len=anything, precision=st.one_of(anything, st.sampled_from(["bf16", "fp16", "fp32"])),
+       optimizer=st.one_of(anything, st.sampled_from(["adamw", "adam", "sgd"])))
+def test_memory_estimate_any_settings(batch_size, seq_len, precision, optimizer):
+    from course_lib.gpt import GPTConfig
+    from course_lib.training.memory import estimate_memory
+
+    cfg = GPTConfig(vocab_size=32, block_size=16, n_layers=1, n_heads=2, d_model=16)
+    got = call(lambda: estimate_memory(cfg, batch_size, seq_len, precision, optimizer),
+               "batch_size", "seq_len", "precision", "optimizer")
+    if got is not None:
+        assert got.total > 0 and isinstance(batch_size, int) and batch_size >= 1
+
+
+@SETTINGS
+@given(beam_size=anything, batch_size=anything, max_new_tokens=anything, alpha=anything,
+       sentences=st.one_of(anything, st.lists(st.sampled_from(["a b .", "b a ."]), max_size=3)))
+def test_batch_translation_any_settings(beam_size, batch_size, max_new_tokens, alpha, sentences):
+    from course_lib.decoding import translate
+    from course_lib.tokenizer import SPECIALS, WordTokenizer
+
+    tok = WordTokenizer.from_texts(["a b .", "b a ."], special_tokens=SPECIALS)
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(
+        src_vocab_size=tok.vocab_size, tgt_vocab_size=tok.vocab_size, d_model=8, n_heads=2, n_layers=1, d_ff=8,
+        max_len=12)).eval()
+    got = call(lambda: translate(model, tok, sentences, beam_size=beam_size, max_new_tokens=max_new_tokens,
+                                 alpha=alpha, batch_size=batch_size),
+               "sentences", "beam_size", "batch_size", "max_new_tokens", "alpha")
+    if got is not None:
+        assert isinstance(got, str) if isinstance(sentences, str) else len(got) == len(sentences)

@@ -40,6 +40,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
+from course_lib import checks
 from course_lib.gpt import GPTConfig
 from course_lib.llama import LlamaConfig
 from course_lib.transformer import TransformerConfig
@@ -140,12 +141,12 @@ def optimizer_bytes(n_params: int, n_tensors: int, optimizer: str = "adamw") -> 
 def _check(config, batch_size: int, seq_len: int, precision: str, optimizer: str) -> None:
     from course_lib.training.precision import DTYPES
 
-    if precision not in DTYPES:
+    if not isinstance(precision, str) or precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)} (resolve 'auto' first), got {precision!r}.")
-    if optimizer not in OPTIMIZERS:
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}.")
-    if batch_size < 1 or seq_len < 1:
-        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}.")
+    checks.count("batch_size", batch_size)
+    checks.count("seq_len", seq_len)
     limit = config.block_size if isinstance(config, DECODERS) else config.max_len
     if seq_len > limit:
         raise ValueError(f"seq_len={seq_len} is longer than the model's context of {limit} tokens.")
