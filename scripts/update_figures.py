@@ -1,7 +1,7 @@
 """Copy the plots the README shows from a run of the notebooks into resources/figures/.
 
     bash scripts/course.sh && python scripts/update_figures.py            # from exports/plots
-    python scripts/update_figures.py --exports notebooks/exports          # from a JupyterLab session
+    python scripts/update_figures.py --exports EXPORTS   # plots saved elsewhere, e.g. beside the notebooks
 
 The README names each picture as ``resources/figures/<notebook>/<file>``; this copies
 ``<exports>/<notebook>/<file>``, written by that notebook's ``save_figure``, over it.

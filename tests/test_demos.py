@@ -133,6 +133,7 @@ def test_translation_view_rejects_bad_input(translator):
 def test_static_demos_print_a_deterministic_result(gpt, translator, capsys, monkeypatch):
     import matplotlib.pyplot as plt
 
+    plt.close("all")  # what other tests of this process left open is not the demos'
     assert not widgets_front_end()  # no kernel here: no front end
     model, tok = gpt
     first = sampling_demo(model, tok, "the ", temperature=0.8, top_k=10, new_tokens=8)
