@@ -161,10 +161,10 @@ def test_each_rule_catches_a_notebook_that_breaks_it():
         ("markdown", "## 2. Second", []),
         ("code", "# NBVAL_CHECK_OUTPUT\nprint(1)" + "\n#" * 800,
          [{"output_type": "stream", "name": "stderr", "text": "x.py:1: FutureWarning: old\n"},
-          {"output_type": "execute_result", "data": {"text/plain": "PosixPath('/work/main/notebooks/runs')"}}]),
+          {"output_type": "execute_result", "data": {"text/plain": "PosixPath('/home/learner/notebooks/runs')"}}]),
     )
     found = {name: rule(broken) for name, rule in RULES.items()}
-    assert found["machine_paths"] == ["cell 3: output shows the machine path '/work/main/notebooks/runs'"]
+    assert found["machine_paths"] == ["cell 3: output shows the machine path '/home/learner/notebooks/runs'"]
     assert found["warnings_shown"][0].startswith("cell 3: output shows a warning: FutureWarning")
     assert found["nbval_comments"] == ["cell 3: '# NBVAL_CHECK_OUTPUT' comment; use the cell tag instead"]
     assert found["long_cells"][0].startswith("cell 3: 1629 characters")
