@@ -73,12 +73,12 @@ def main(argv=None) -> int:
           + ("" if len(slow) == len(fast) else f" (naive time for {len(fast):,} merges estimated "
              f"at {per_slow * len(fast):.0f} s)"))
     if args.record:
-        from course_lib.results import record
+        from course_lib.results import RESULTS, record
 
         record("bench_bpe", {"text": name if args.text else Path(name).name, "characters": len(text),
                              "merges": len(fast), "naive_merges": len(slow), "incremental_s": round(t_fast, 3),
                              "naive_s": round(t_slow, 3), "speedup": round(per_slow / per_fast, 2),
-                             "identical_merges": same}, source="benchmarks/bench_bpe.py")
+                             "identical_merges": same}, source="benchmarks/bench_bpe.py", folder=RESULTS)
     return 0 if same else 1
 
 

@@ -245,12 +245,12 @@ def repeat_runs(argv: list[str], n: int, record_as: str | None = None) -> int:
         print(f"| {label} | {min(values):.2f}x | {statistics.median(values):.2f}x | {max(values):.2f}x | "
               + ", ".join(f"{v:.2f}" for v in values) + " |")
     if record_as:
-        from course_lib.results import record
+        from course_lib.results import RESULTS, record
 
         figures = {key: {"lowest": min(v), "median": statistics.median(v), "highest": max(v),
                          "at_least_1": sum(x >= 1.0 for x in v), "at_least_1_2": sum(x >= 1.2 for x in v), "runs": v}
                    for key in RATIO_LABELS for v in [[round(r[key], 4) for r in runs]]}
-        record(record_as, {"setup": runs[0]["setup"], "runs": n, **figures}, source="benchmarks/bench_gpt.py")
+        record(record_as, {"setup": runs[0]["setup"], "runs": n, **figures}, source="benchmarks/bench_gpt.py", folder=RESULTS)
     return 0
 
 

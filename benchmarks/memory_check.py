@@ -123,10 +123,10 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
     if args.record:
-        from course_lib.results import record
+        from course_lib.results import RESULTS, record
 
         name = f"memory_check_{'cuda' if args.cuda else 'cpu'}"
-        record(name, {"checks": recorded_rows(rows), "plans": plan_table()}, source="benchmarks/memory_check.py")
+        record(name, {"checks": recorded_rows(rows), "plans": plan_table()}, source="benchmarks/memory_check.py", folder=RESULTS)
     return 0
 
 

@@ -3,7 +3,8 @@
     from course_lib.results import record
     record("bench_bpe", {"incremental_s": 0.41, "naive_s": 25.6}, source="benchmarks/bench_bpe.py")
 
-writes ``resources/results/bench_bpe.json``::
+writes ``resources/results/bench_bpe.json`` (a notebook's ``record`` writes there only under
+``COURSE_RECORD=1``, as ``scripts/run_notebooks.py --inplace`` runs them; else beside its exports)::
 
     {"name": "bench_bpe", "source": "benchmarks/bench_bpe.py", "device": "...", "torch": "2.13.0",
      "python": "3.11.7", "date": "2026-12-07", "figures": {"incremental_s": 0.41, ...}}
@@ -39,9 +40,12 @@ def describe_machine() -> str:
 
 
 def _default_folder() -> Path:
-    """resources/results/ in a checkout of the course; elsewhere (an installed package, as in
-    Colab) a results/ folder beside the notebook's exports."""
-    if (ROOT / "notebooks").is_dir() and (ROOT / "resources").is_dir():
+    """resources/results/ when ``COURSE_RECORD=1`` in a checkout of the course (as
+    ``scripts/run_notebooks.py --inplace`` sets it, which makes the committed notebooks);
+    otherwise a results/ folder beside the notebook's exports, so that a learner's run, a
+    shortened run or a test never rewrites the figures the docs quote."""
+    checkout = (ROOT / "notebooks").is_dir() and (ROOT / "resources").is_dir()
+    if checkout and os.environ.get("COURSE_RECORD") == "1":
         return RESULTS
     from course_lib.env import export_dir
 

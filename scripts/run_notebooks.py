@@ -238,6 +238,7 @@ def main(argv=None) -> int:
     out = args.out.resolve()
     if args.inplace:
         targets = paths
+        os.environ["COURSE_RECORD"] = "1"  # the committed notebooks' figures go to resources/results/
     else:
         os.environ.setdefault("COURSE_EXPORT_DIR", str(out / "plots"))
         (out / "notebooks").mkdir(parents=True, exist_ok=True)

@@ -99,3 +99,14 @@ def test_every_readme_picture_is_a_plot_its_notebook_saves():
         assert re.search(rf'save_figure\([^)]*\\"{m[2]}\\"', source) or f'\\"{m[2]}\\"' in source, \
             f"notebook {m[1]} saves no plot named {m[2]}"
         assert (ROOT / pic).is_file()
+
+
+def test_a_run_outside_run_notebooks_inplace_leaves_the_quoted_figures_alone(tmp_path, monkeypatch):
+    """The browser test, nbval and a learner run the notebooks too, some shortened: only
+    ``run_notebooks.py --inplace`` (COURSE_RECORD=1) writes resources/results/."""
+    monkeypatch.delenv("COURSE_RECORD", raising=False)
+    monkeypatch.setenv("COURSE_EXPORT_DIR", str(tmp_path))
+    path = results.record("probe", {"a": 1}, source="tests")
+    assert path == tmp_path / "results" / "probe.json" and not (results.RESULTS / "probe.json").exists()
+    monkeypatch.setenv("COURSE_RECORD", "1")
+    assert results._default_folder() == results.RESULTS
