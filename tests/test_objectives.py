@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from course_lib import objectives
 from course_lib.objectives import IGNORE_INDEX, mask_tokens, next_token, span_corruption, span_mask
@@ -325,3 +327,37 @@ def test_reproducible_with_a_generator():
     a = span_corruption(ids, SENTINELS, pad_id=PAD, generator=torch.Generator().manual_seed(9))
     b = span_corruption(ids, SENTINELS, pad_id=PAD, generator=torch.Generator().manual_seed(9))
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+# ---- generated bad input: a valid result or an error that names the argument ---------------------
+
+def _clear_or_valid(fn, *names):
+    try:
+        return fn()
+    except ValueError as exc:
+        assert any(n in str(exc) for n in names), f"unclear error: {exc}"
+        return None
+
+
+_anything = st.one_of(st.sampled_from([0, -1, 1, 2, 0.0, 0.5, 1.5, 3.0, -0.1, float("nan"), float("inf"), True,
+                                       None, "1", "", [], ()]),
+                      st.integers(-3, 120), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@settings(max_examples=60, deadline=None)
+@given(density=_anything, mean=_anything, pad_id=_anything, eos_id=_anything)
+def test_span_corruption_any_settings(density, mean, pad_id, eos_id):
+    ids = torch.randint(1, 50, (3, 30), generator=torch.Generator().manual_seed(0))
+    got = _clear_or_valid(lambda: span_corruption(ids, SENTINELS, density, mean, pad_id=pad_id, eos_id=eos_id),
+                          "noise_density", "mean_span_length", "pad_id", "eos_id", "at least 2 tokens")
+    if got is not None:
+        assert got[0].shape[0] == 3 and (got[1] != IGNORE_INDEX).any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(sentinels=st.one_of(_anything, st.lists(_anything, max_size=4), st.lists(st.integers(0, 200), max_size=12)))
+def test_span_corruption_any_sentinels(sentinels):
+    ids = torch.randint(1, 50, (2, 40), generator=torch.Generator().manual_seed(0))
+    got = _clear_or_valid(lambda: span_corruption(ids, sentinels), "sentinel")
+    if got is not None:
+        assert len(set(sentinels)) == len(sentinels) >= 3  # 6 noise tokens in 2 spans need 3 sentinels
