@@ -68,7 +68,7 @@ PEAK = str(ROOT / "benchmarks" / "_peak.py")
 GiB = 2**30
 
 DEFAULT_BUDGET = 480  # seconds of checks in one device-tool call of 560 s (the machine's start is not in it)
-GRACE = 60  # a running check is stopped this long after the budget, leaving time to pack
+GRACE = 45  # a running check is stopped this long after the budget, leaving time to pack
 PACK_NAME = "gpu_check.tar.gz"
 PACK_LIMIT = 16 * 2**20  # the device tool brings back files up to 16 MiB
 MFU_GOAL = 45.0
@@ -219,7 +219,7 @@ def settings_id(check: Check) -> str:
         nb = nbformat.read(ROOT / "notebooks" / check.notebook, as_version=4)
         what = [c.source for c in nb.cells if c.cell_type == "code"]
     else:
-        what = [a.replace(str(ROOT), ".").replace(PY, "python") for a in check.command]
+        what = ["python" if a == PY else a.replace(str(ROOT), ".") for a in check.command]
     return hashlib.sha256(json.dumps([check.name, what]).encode()).hexdigest()[:12]
 
 

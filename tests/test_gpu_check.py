@@ -122,6 +122,22 @@ def _plan(budget, fill=False, lacking=None, **seconds):
     return {c.name: what for c, what in decisions}
 
 
+def test_settings_ids_do_not_depend_on_where_the_checkout_or_python_lies(monkeypatch):
+    """The id a lease records on the GPU machine (another folder, another interpreter) must
+    match the one computed here, or nothing recorded would ever be skipped."""
+    here = {c.name: gpu_check.settings_id(c) for c in gpu_check.checks()}
+    monkeypatch.setattr(gpu_check, "PY", "/opt/torch/.venv/bin/python3")
+    monkeypatch.setattr(gpu_check, "ROOT", Path("/root/elsewhere"))
+    monkeypatch.setattr(gpu_check, "OUT", Path("/root/elsewhere/exports/gpu_check"))
+    monkeypatch.setattr(gpu_check, "DATA", Path("/root/elsewhere/.devdata"))
+    monkeypatch.setattr(gpu_check, "RECIPE", Path("/root/elsewhere/resources/recipes/multi30k_gpu.json"))
+    monkeypatch.setattr(gpu_check, "PEAK", "/root/elsewhere/benchmarks/_peak.py")
+    monkeypatch.setattr(gpu_check, "notebook_checks", lambda: {})
+    there = {c.name: gpu_check.settings_id(c) for c in gpu_check.checks()}
+    assert there == {k: v for k, v in here.items() if not k.startswith("nb")}
+    assert len(set(here.values())) == len(here)  # and each check has its own
+
+
 def test_the_budget_stops_at_the_first_check_that_does_not_fit(sandbox, monkeypatch):
     monkeypatch.setattr(gpu_check, "ROOT", ROOT)  # the real checks, the sandbox's (empty) records
     plan = _plan(480, nb08=200, shakespeare=100, multi30k=250, bench=100, nb01=10)
