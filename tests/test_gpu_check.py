@@ -83,6 +83,24 @@ def test_the_priority_checks_fit_one_lease_and_multi30k_is_measured_as_the_goal_
     assert multi30k.command[multi30k.command.index("--minutes") + 1] == "6"
 
 
+def test_the_commands_flags_are_ones_their_programs_take(capsys):
+    """Each command line parses (a misspelt flag would cost a lease): the training commands by
+    their own parsers, memory_check as far as its GPU test."""
+    from course_lib.training.gpt import build_parser
+
+    parsed = {}
+    for name in ("shakespeare", "train", "fsdp"):
+        argv = _check(name).command
+        parsed[name] = build_parser().parse_args(argv[argv.index("gpt") + 1:])
+        assert parsed[name].out.endswith(name)
+    assert (parsed["shakespeare"].keep_best, parsed["shakespeare"].patience) == (True, 3)
+    import memory_check
+
+    argv = _check("memory").command
+    if not torch.cuda.is_available():
+        assert memory_check.main(argv[2:]) == 2 and "--cuda asks for a GPU" in capsys.readouterr().err
+
+
 def test_dry_run_lists_every_check_in_order_and_runs_nothing():
     had_devdata = (ROOT / ".devdata").exists()
     out_dir = ROOT / "exports" / "gpu_check"
