@@ -240,16 +240,17 @@ def recorded_ok(check: Check) -> bool:
 
 def skip_reason(check: Check, redo: set[str], planned: set[str] = frozenset()) -> str | None:
     """Why ``check`` does not run now (None: it runs, budget permitting). ``planned``: the checks
-    this run has started before it."""
-    forced = check.name in redo or "all" in redo
-    if not forced and recorded_ok(check):
+    this run has started before it. A check named in ``redo`` runs whatever the records say."""
+    if check.name in redo:
+        return None
+    if "all" not in redo and recorded_ok(check):
         rec = load_record(check.name)
         return f"recorded ok on {rec['device']} on {rec['date']} (--redo {check.name} runs it again)"
     base = check.fallback_for
     if base and (recorded_ok(next(c for c in checks() if c.name == base)) or
                  (base in planned and load_record(base) is None)):
         return f"{base} is recorded ok or runs in this call, and covers it"
-    if check.after == "bench" and not (forced or ("bench" in planned and load_record("bench") is None)):
+    if check.after == "bench" and not ("bench" in planned and load_record("bench") is None):
         rec = load_record("bench")
         mfu = rec and rec["figures"].get("ok") and rec["figures"].get("course_mfu_percent")
         if not mfu:

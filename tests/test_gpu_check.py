@@ -190,6 +190,10 @@ def test_profile_runs_only_when_bench_misses_the_mfu_goal(sandbox, monkeypatch):
         plan = _plan(480, profile=100, nb08=100, shakespeare=10, multi30k=100)
         assert plan["bench"].startswith("recorded ok on Fake GPU")
         assert (plan["profile"] == "run") == runs, plan["profile"]
+    forced = gpu_check.plan(gpu_check.checks(), 480, {"profile", "shakespeare"}, False, {},
+                            {c.name: 10.0 for c in gpu_check.checks()})
+    assert {c.name: what for c, what in forced}["profile"] == "run"  # --redo profile: whatever bench says
+    assert {c.name: what for c, what in forced}["shakespeare"] == "run"  # --redo shakespeare: though nb08 runs
 
 
 # ---- a run: records after each check, skipping, the archive ---------------------------------------------
