@@ -45,10 +45,20 @@ def rows_without_gpu(gpus=("T4", "H100")) -> list[dict]:
     return rows
 
 
-def rows_on_gpu(compile_too: bool = True) -> list[dict]:
+def all_workloads() -> dict[str, tuple]:
+    """``workloads()`` and the Llama-style decoders of ``course_lib.llama``'s published presets,
+    at 1,024 tokens of context (their GPT-2-sized and larger vocabularies make the logits count)."""
+    from course_lib.llama import LlamaConfig
+
+    return {**workloads(),
+            "Llama smollm2-135m": (LlamaConfig.preset("smollm2-135m"), dict(global_batch=16, seq_len=1024)),
+            "Llama qwen3-0.6b": (LlamaConfig.preset("qwen3-0.6b"), dict(global_batch=8, seq_len=1024))}
+
+
+def rows_on_gpu(compile_too: bool = True, loads: dict | None = None) -> list[dict]:
     info = device_info("cuda")
     rows = []
-    for name, (config, kw) in workloads().items():
+    for name, (config, kw) in (loads or workloads()).items():
         plan = plan_training(config, info, **kw)
         est = estimate_memory(config, plan.micro_batch, kw["seq_len"], plan.precision, src_len=kw.get("src_len"))
         for compiled in (False, True) if compile_too else (False,):
@@ -105,6 +115,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cuda", action="store_true", help="measure on the GPU (else fake tensors on the CPU)")
     p.add_argument("--no-compile", action="store_true", help="on the GPU: eager runs only")
+    p.add_argument("--all-models", action="store_true",
+                   help="on the GPU: also the Llama-style presets smollm2-135m and qwen3-0.6b")
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--record", action="store_true", help="write resources/results/memory_check_cpu.json (with --cuda: memory_check_cuda.json)")
     args = p.parse_args(argv)
@@ -115,7 +127,7 @@ def main(argv=None) -> int:
             print("error: --cuda asks for a GPU and torch sees none; run without --cuda for the CPU check.",
                   file=sys.stderr)
             return 2
-        rows = rows_on_gpu(not args.no_compile)
+        rows = rows_on_gpu(not args.no_compile, all_workloads() if args.all_models else None)
     else:
         rows = rows_without_gpu()
     print(table(rows))

@@ -1,21 +1,38 @@
 #!/usr/bin/env bash
-# Measure every GPU figure of the course on this machine's GPU and write resources/gpu_results.md.
+# The course's GPU figures in priority order within a time budget (benchmarks/gpu_check.py says
+# which checks, in what order, and how long each is expected to take).
 #
-#   bash scripts/gpu_check.sh             # all checks (< 20 minutes on one H100 is the aim)
-#   bash scripts/gpu_check.sh --dry-run   # what would run, and what is missing; runs nothing
-#   bash scripts/gpu_check.sh --only memory,bench,fsdp
+# One lease of the device tool (15 minutes of device time, the machine's start included):
+#   1. here:  bash scripts/gpu_check.sh --prepare
+#             (copies ../shared/data into .devdata/, downloads the wheels into .whl/ (15.3 MB), and
+#             says what will travel: the working tree + .whl + .devdata must stay under 64 MiB)
+#   2. the device tool's run, from the checkout the session started in:
+#        command:   bash scripts/gpu_check.sh --budget 480 --pack $OUT
+#        carry:     [".whl", ".devdata"]
+#        timeout_s: 560
+#      It brings back one file, gpu_check.tar.gz (results, logs, executed notebooks; < 16 MiB),
+#      rewritten after every check, so a run stopped at its limit still brings back what it did.
+#   3. here:  bash scripts/gpu_check.sh --unpack <files_at>/gpu_check.tar.gz
+#      then commit the gpu_*.json and nb*_full.json in resources/results and resources/gpu_results.md:
+#      the next lease skips what is recorded ok and runs the rest.
 #
-# Before going to a GPU machine without internet, carry (both folders are git-ignored):
-#   .whl/      wheels of what that machine's Python lacks (for Jupyter: nbclient nbformat ipykernel);
-#              the pip download command for another Python version is in benchmarks/gpu_check.py
-#   .devdata/  the data: cp -r ../shared/data/tinyshakespeare ../shared/data/multi30k .devdata/
-#              (the script copies it itself when ../shared/data is there)
+#   bash scripts/gpu_check.sh --dry-run     # the order, the expected times, what would be skipped
+#   bash scripts/gpu_check.sh --only nb07 --budget 540   # one check; --redo NAME runs a recorded one again
+#
 # PYTHON=... picks the interpreter (default: .venv/bin/python if there is one, else python3);
-# it must have a CUDA build of torch.
+# it must have a CUDA build of torch. Where nbclient or ipykernel is missing and .whl/ exists,
+# the wheels are installed into a folder of their own (GPU_CHECK_SITE, default /tmp/gpu_check_site).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [[ -d .whl ]] && ! "$PYTHON" -c "import nbclient, nbformat, ipykernel" 2>/dev/null; then
+  SITE="${GPU_CHECK_SITE:-/tmp/gpu_check_site}"
+  echo "installing the wheels of .whl/ into $SITE"
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    || echo "warning: the wheels did not install; the notebooks will be skipped"
+  export PYTHONPATH="$PYTHONPATH:$SITE"
+fi
 exec "$PYTHON" benchmarks/gpu_check.py "$@"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib.checkpoint import CheckpointConfigError
+from course_lib.checkpoint import CheckpointConfigError, load_checkpoint
 from course_lib.data import stdlib_docs
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.tokenizer import CharTokenizer
@@ -67,6 +67,74 @@ def test_training_lowers_the_loss_and_stops_at_target(tmp_path):
     assert stopped["step"] == 20 and "target" in stopped["stopped"]
 
 
+def _scripted_run(tmp_path, monkeypatch, vals, **kw):
+    """A run whose evaluations report the validation losses ``vals`` in turn (so that it falls,
+    then rises, on cue), keeping a copy of the weights each evaluation saw."""
+    import course_lib.training.gpt as gpt_train
+
+    seen = []
+
+    def evaluate(model, data, cfg, device, precision):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"train": 1.0, "val": vals[len(seen) - 1]}
+
+    monkeypatch.setattr(gpt_train, "evaluate", evaluate)
+    model, data, tok = _setup()
+    state = train(model, data, _cfg(tmp_path, steps=3 * len(vals), grad_accum=1, **kw), tokenizer=tok)
+    return model, state, seen
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+VALS = [3.0, 2.0, 1.5, 1.7, 1.6, 1.5, 2.2, 2.4]  # lowest at the 3rd evaluation (step 9); 1.5 again is no gain
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_keep_best_keeps_the_lowest_evaluation_weights_bit_for_bit(tmp_path, monkeypatch, broken):
+    """best.safetensors holds the weights of the evaluation with the lowest validation loss, the
+    model ends with them, and the run goes on to its last step; a variant that writes the file at
+    every evaluation (the last weights, as checkpoint.safetensors) is caught."""
+    import course_lib.training.gpt as gpt_train
+
+    if broken:
+        def save_every_time(trainer, val):
+            trainer.state["best"] = {"step": trainer.state["step"], "val": val}
+            gpt_train.D.save(trainer.run.path / gpt_train.BEST, trainer.model, trainer.model.config.to_dict())
+
+        monkeypatch.setattr(gpt_train, "note_best", save_every_time)
+    model, state, seen = _scripted_run(tmp_path, monkeypatch, VALS, keep_best=True)
+    kept = load_checkpoint(tmp_path / "best.safetensors")["model"]
+    assert state["step"] == 3 * len(VALS) and [e["val"] for e in state["evals"]] == VALS
+    assert not _same(seen[2], seen[-1])  # the weights did move after the best evaluation
+    checks = [state["best"] == {"step": 9, "val": 1.5}, _same(kept, seen[2]), _same(model.state_dict(), seen[2]),
+              _same(load_checkpoint(tmp_path / "checkpoint.safetensors")["model"], seen[-1])]
+    assert all(checks) != broken, checks
+
+
+@pytest.mark.parametrize("patience, stop_step", [(1, 12), (3, 18)])
+def test_patience_stops_after_that_many_evaluations_without_a_new_lowest(tmp_path, monkeypatch, patience, stop_step):
+    """Counted from the lowest evaluation, not from the previous one (1.6 after 1.7 is no gain);
+    without keep_best the model keeps its last weights and no best.safetensors is written."""
+    model, state, seen = _scripted_run(tmp_path, monkeypatch, VALS, patience=patience)
+    assert state["step"] == stop_step and state["evals"][-1]["step"] == stop_step
+    assert "no lower validation loss in" in state["stopped"] and state["best"] == {"step": 9, "val": 1.5}
+    assert _same(model.state_dict(), seen[-1]) and not (tmp_path / "best.safetensors").exists()
+
+
+def test_keep_best_and_patience_are_checked_and_are_flags():
+    from course_lib.training.core import given
+    from course_lib.training.gpt import build_parser
+
+    with pytest.raises(ValueError, match="keep_best=True writes best.safetensors into the run folder"):
+        TrainConfig(keep_best=True)
+    with pytest.raises(ValueError, match="patience=0 must be an integer >= 1"):
+        TrainConfig(patience=0)
+    args = build_parser().parse_args(["--keep-best", "--patience", "2"])
+    assert given(args, TrainConfig) == {"keep_best": True, "patience": 2}
+
+
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     model, data, tok = _setup()
     train(model, data, _cfg(tmp_path, steps=2), tokenizer=tok)
@@ -123,11 +191,12 @@ def test_command_line_trains_and_samples(tmp_path):
            "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "course_lib", "train", "gpt", "--preset", "tiny", "--data", "stdlib",
                         "--max-chars", "20000", "--steps", "3", "--batch-size", "2", "--eval-every", "3",
-                        "--eval-batches", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=ROOT)
+                        "--eval-batches", "1", "--keep-best", "--out", str(tmp_path)], capture_output=True, text=True,
+                       env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    assert "done at step 3" in r.stdout + r.stderr
+    assert "done at step 3" in r.stdout + r.stderr and "lowest val loss" in r.stdout + r.stderr
     assert (tmp_path / "checkpoint.safetensors").exists() and (tmp_path / "loss.png").exists()
-    r = subprocess.run([sys.executable, "-m", "course_lib", "generate", str(tmp_path), "json",
+    r = subprocess.run([sys.executable, "-m", "course_lib", "generate", str(tmp_path / "best.safetensors"), "json",
                         "--max-new-tokens", "20", "--top-p", "0.9"], capture_output=True, text=True,
                        env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr

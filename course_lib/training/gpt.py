@@ -23,7 +23,7 @@ import torch
 
 from course_lib import llama
 from course_lib import scaleout as D
-from course_lib.checkpoint import integer_problems, number_problems
+from course_lib.checkpoint import integer_problems, load_checkpoint, number_problems
 from course_lib.env import get_device
 from course_lib.gpt import GPT, PRESETS, GPTConfig
 from course_lib.training.core import (
@@ -61,11 +61,18 @@ class GPTTrainConfig(TrainConfig):
     beta2: float = setting(0.95, "AdamW beta2")
     eval_batches: int = setting(20, "batches per evaluation of each split")
     target_loss: float | None = setting(None, "stop once the validation loss is at or below this")
+    keep_best: bool = setting(False, "write best.safetensors (in --out) at each new lowest validation loss, "
+                              "and end the run with those weights")
+    patience: int | None = setting(None, "stop after this many evaluations in a row without a new lowest "
+                                   "validation loss")
 
     def check(self) -> list[str]:
         if self.steps is None:
             return ["steps=None must be an integer >= 1"]
         problems = integer_problems(self, ["eval_batches"]) + integer_problems(self, ["max_chars"], optional=True)
+        problems += integer_problems(self, ["patience"], optional=True)
+        if self.keep_best and not self.out:
+            problems.append("keep_best=True writes best.safetensors into the run folder; give out (--out)")
         problems += number_problems(self, ["min_lr"], optional=True) + number_problems(self, ["weight_decay"])
         problems += number_problems(self, ("beta1", "beta2"), 0, 1)
         if self.tokenizer not in (None, "char", "gpt2"):
@@ -148,11 +155,31 @@ def evaluate(model, data: TokenData, cfg: GPTTrainConfig, device, precision) -> 
 
 # ---- training --------------------------------------------------------------------------------
 
+BEST = "best.safetensors"  # in a run folder, with keep_best
+
+
+def note_best(trainer: Trainer, val: float) -> None:
+    """After an evaluation (not yet in ``state['evals']``): ``state['best']`` (step and validation
+    loss of the lowest so far); with ``keep_best`` a new lowest writes ``best.safetensors``; with
+    ``patience`` that many evaluations in a row without one end the run."""
+    cfg, state = trainer.cfg, trainer.state
+    vals = [e["val"] for e in state["evals"]] + [val]
+    best = min(range(len(vals)), key=vals.__getitem__)  # the first of equal lowest values
+    if best == len(vals) - 1:
+        state["best"] = {"step": state["step"], "val": val}
+        if cfg.keep_best:
+            D.save(trainer.run.path / BEST, trainer.model, trainer.model.config.to_dict(), None, state)
+    if cfg.patience is not None and len(vals) - 1 - best >= cfg.patience:
+        state["stopped"] = (f"no lower validation loss in {cfg.patience} evaluations (lowest "
+                            f"{state['best']['val']:.4f} at step {state['best']['step']})")
+
 def train(model: GPT, data: TokenData, cfg: GPTTrainConfig, tokenizer=None, resume: bool = False,
           until_step: int | None = None, make_optimizer=None) -> dict:
     """Train ``model`` for ``cfg.steps`` optimizer steps (or up to ``until_step``, as if
     interrupted there). Returns the training state: ``step``, ``train_losses`` ([step,
-    loss] per step), ``evals`` (dicts), ``stopped`` (why it ended).
+    loss] per step), ``evals`` (dicts), ``stopped`` (why it ended); with ``cfg.keep_best`` or
+    ``cfg.patience`` also ``best`` (the step and validation loss of the lowest evaluation),
+    and with ``keep_best`` the model ends with that evaluation's weights.
 
     ``make_optimizer(model)``: another optimizer than AdamW (the tests use plain SGD,
     under which a wrong gradient scale cannot hide); the schedule still sets its lr."""
@@ -177,11 +204,18 @@ def train(model: GPT, data: TokenData, cfg: GPTTrainConfig, tokenizer=None, resu
         mfu = estimate_mfu(model.flops_per_token(), tps / ctx.world_size, device)
         log(f"step {state['step']}: train {losses['train']:.4f}, val {losses['val']:.4f}, {tps:,.0f} tokens/s"
             + (f", MFU {100 * mfu:.1f}%" if mfu else ""))
+        if cfg.keep_best or cfg.patience is not None:
+            note_best(trainer, losses["val"])
         return {**losses, "lr": trainer.optimizer.param_groups[0]["lr"], "tokens_per_s": tps, "mfu": mfu}
 
-    return trainer.fit(batch_at, lambda m, b: m(*b)[1], steps=min(cfg.steps, until_step or cfg.steps),
-                       lr_at=lambda i: lr_at(i, cfg), evaluate=evaluate_now, tokenizer=tokenizer,
-                       target_loss=cfg.target_loss)
+    state = trainer.fit(batch_at, lambda m, b: m(*b)[1], steps=min(cfg.steps, until_step or cfg.steps),
+                        lr_at=lambda i: lr_at(i, cfg), evaluate=evaluate_now, tokenizer=tokenizer,
+                        target_loss=cfg.target_loss)
+    best = state.get("best", {}).get("step")
+    if cfg.keep_best and best is not None and best != state["evals"][-1]["step"]:
+        D.load_model_state(trainer.model, load_checkpoint(trainer.run.path / BEST)["model"])
+        log(f"restored the weights of step {best} (validation loss {state['best']['val']:.4f}) from {BEST}")
+    return state
 
 
 # ---- command line --------------------------------------------------------------------------
@@ -274,4 +308,7 @@ def command(argv=None) -> int:
         save_loss_plot(state, "GPT training", Path(cfg.out) / "loss")
         log(f"done at step {state['step']} ({state['stopped']}): val loss {state['evals'][-1]['val']:.4f}; "
             f"run folder {cfg.out} (sample: python -m course_lib generate {cfg.out})")
+        if "best" in state:
+            kept = f"; weights in {Path(cfg.out) / BEST}" if cfg.keep_best else ""
+            log(f"lowest val loss {state['best']['val']:.4f} at step {state['best']['step']}{kept}")
     return 0
