@@ -32,7 +32,7 @@ def bytes_per_parameter(dtype: torch.dtype) -> int:
 
 
 def _qmax(bits: int) -> int:
-    if isinstance(bits, bool) or bits not in (2, 3, 4, 5, 6, 7, 8):
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (2, 3, 4, 5, 6, 7, 8):
         raise ValueError(f"bits={bits!r}: choose an integer width from 2 to 8 (8: int8, 4: int4).")
     return 2 ** (bits - 1) - 1
 
