@@ -6,6 +6,8 @@ from collections import Counter
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.summarize import lead, prompt_summaries, rouge, tldr_prompt
@@ -87,3 +89,16 @@ def test_lead_and_rouge_agree_with_references_written_out():
     assert got["rouge1"] > got["rougeL"]  # the written-out LCS is not the unigram count here
     with pytest.raises(ValueError, match="n_words=0"):
         lead("a b", 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.one_of(st.text(max_size=30), st.none(), st.integers()),
+       n_words=st.one_of(st.integers(-3, 20), st.sampled_from([True, None, 1.5, "2", float("nan")])))
+def test_lead_any_arguments(text, n_words):
+    """A prefix of the text's words, or a ValueError naming the argument."""
+    try:
+        got = lead(text, n_words)
+    except ValueError as exc:
+        assert "text" in str(exc) or "n_words" in str(exc), exc
+        return
+    assert got.split() == text.split()[:n_words]

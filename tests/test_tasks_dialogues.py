@@ -5,8 +5,12 @@ import random
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from course_lib.data import dialogues, grammar, tasks
+
+_anything = st.one_of(st.integers(-3, 60), st.sampled_from([0, 1, 2, True, None, 0.5, float("nan"), "3", []]))
 
 
 def test_corruptions_differ_from_the_translation_in_one_place():
@@ -127,3 +131,21 @@ def test_shifted_dialogues_differ_in_names_topics_and_length():
         assert d.summary not in d.text
     with pytest.raises(ValueError, match="n=-1 must be"):
         dialogues.shifted_dialogues(-1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_train=_anything, n_test=_anything, length=_anything, n_values=_anything)
+def test_neighbour_tags_and_shifted_dialogues_any_arguments(n_train, n_test, length, n_values):
+    """Generated arguments: a valid result of the asked size, or a ValueError naming the argument."""
+    if all(isinstance(v, int) for v in (n_train, n_test)) and max(n_train, n_test) > 40:
+        return  # sizes are cheap to check, costly to fill
+    try:
+        train, test = tasks.neighbour_tags(n_train, n_test, length=length, n_values=n_values)
+        assert (len(train), len(test)) == (n_train, n_test)
+        assert all(len(e.tags) == length and max(e.numbers) < n_values for e in train + test)
+    except ValueError as exc:
+        assert re.search(r"n_train|n_test|length|n_values", str(exc)), exc
+    try:
+        assert len(dialogues.shifted_dialogues(n_test)) == n_test
+    except ValueError as exc:
+        assert "n=" in str(exc), exc
