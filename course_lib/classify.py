@@ -9,6 +9,10 @@
 - encoder-decoder: text to text, the label is a word the decoder writes (as T5 does),
   trained with ``course_lib.training.translation.train``.
 
+For one answer per token (tagging), ``EncoderTagger`` and ``DecoderTagger`` put a linear
+layer on every position: the encoder's position *i* has seen the whole input, the
+decoder's only positions 0..*i*.
+
 Also the inputs of each kind (``[CLS] a [SEP] b [SEP]`` with segments for BERT,
 ``a [SEP] b <eos>`` for GPT), padded batches, and one short training loop, ``fit``.
 """
@@ -116,6 +120,33 @@ class LastTokenClassifier(nn.Module):
         h = gpt_hidden_states(self.gpt, ids)
         last = last_token_index(ids, self.pad_id)
         return self.head(h[torch.arange(len(ids), device=ids.device), last])
+
+
+class EncoderTagger(nn.Module):
+    """BERT + a linear layer on every position's hidden state: ``(B, L, n_tags)`` logits."""
+
+    def __init__(self, bert, n_tags: int):
+        super().__init__()
+        checks.count("n_tags", n_tags, minimum=2, fix="a tagger chooses between at least two tags")
+        self.bert = bert
+        self.head = nn.Linear(bert.config.d_model, n_tags)
+
+    def forward(self, ids: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.bert.encode(ids, segments))
+
+
+class DecoderTagger(nn.Module):
+    """GPT + a linear layer on every position's hidden state: ``(B, L, n_tags)`` logits; the
+    tag of position *i* is read from a state that has seen positions 0..*i* only."""
+
+    def __init__(self, gpt, n_tags: int):
+        super().__init__()
+        checks.count("n_tags", n_tags, minimum=2, fix="a tagger chooses between at least two tags")
+        self.gpt = gpt
+        self.head = nn.Linear(gpt.config.d_model, n_tags)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(gpt_hidden_states(self.gpt, ids))
 
 
 def batch_indices(n: int, batch_size: int, seed: int) -> Callable[[int], torch.Tensor]:

@@ -7,6 +7,9 @@
 
 Zero-shot: the dialogue and "TL;DR:"; one- and few-shot: solved examples (dialogue,
 "TL;DR:", summary) before it, so the model sees what a summary looks like.
+
+The baseline every summarizer must beat is ``lead``: the first N words of the text, which
+scores well wherever the text opens with its point.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ def rouge(predictions: list[str], references: list[str], types=ROUGE_TYPES) -> d
     scorer = rouge_scorer.RougeScorer(list(types))
     scores = [scorer.score(r, p) for p, r in zip(predictions, references)]
     return {t: sum(s[t].fmeasure for s in scores) / len(scores) for t in types}
+
+
+def lead(text: str, n_words: int) -> str:
+    """The first ``n_words`` words of ``text`` (split at white space, line breaks included),
+    joined by single spaces: the lead-N baseline summary."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string, got {type(text).__name__}.")
+    checks.count("n_words", n_words, fix="a summary has at least one word")
+    return " ".join(text.split()[:n_words])
 
 
 def _shots(shots) -> list[tuple[str, str]]:

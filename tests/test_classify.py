@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from course_lib.bert import BertConfig, BertMLM
 from course_lib.classify import (
+    DecoderTagger,
+    EncoderTagger,
     FirstTokenClassifier,
     LastTokenClassifier,
     batch_indices,
@@ -88,6 +90,28 @@ def test_first_token_classifier_ignores_padding_and_sees_the_whole_input():
         later = ids.clone()
         later[0, 5] = 9  # a word at the end changes what [CLS] (position 0) reads
         assert not torch.allclose(clf(later, seg), clf(ids, seg))
+
+
+def test_decoder_tagger_reads_only_the_past_and_the_encoder_tagger_both_sides():
+    """Brute force over positions: the decoder's tag at i is the same with everything after i
+    cut off or changed; the encoder's changes when a later word does (a bidirectional model
+    passed off as a decoder, or a causal one as an encoder, fails)."""
+    dec, enc = DecoderTagger(_gpt(), n_tags=4).eval(), EncoderTagger(_bert(), n_tags=4).eval()
+    ids = torch.tensor([[1, 4, 5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        full_dec, full_enc = dec(ids), enc(ids)
+        assert full_dec.shape == full_enc.shape == (1, 8, 4)
+        torch.testing.assert_close(full_dec, dec.head(gpt_hidden_states(dec.gpt, ids)))
+        torch.testing.assert_close(full_enc, enc.head(enc.bert.encode(ids)))
+        for i in range(1, 8):
+            later = ids.clone()
+            later[0, i:] = 3  # change every word from i on
+            torch.testing.assert_close(dec(ids[:, :i]), full_dec[:, :i])
+            torch.testing.assert_close(dec(later)[:, :i], full_dec[:, :i])
+            assert not torch.allclose(enc(later)[:, : i], full_enc[:, : i])
+        torch.testing.assert_close(enc(F.pad(ids, (0, 3), value=PAD))[:, :8], full_enc, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="n_tags"):
+        EncoderTagger(_bert(), n_tags=1)
 
 
 def test_batch_indices_cover_each_epoch_once_and_are_pure():

@@ -9,7 +9,10 @@ some dialogues carry a turn of small talk that the summary leaves out.
 
 Everything is lower case with punctuation as separate words (a word tokenizer suffices).
 ``generate_dialogues(n, seed)`` is deterministic; ``train_test_split`` gives held-out
-dialogues whose text never occurs in the training set.
+dialogues whose text never occurs in the training set, drawn the same way (the same
+names, scenarios and lengths). ``shifted_dialogues(n, seed)`` are held out further: other
+names (``HELD_OUT_NAMES``), other topics (lending something, helping with a move) and
+longer, with small talk before and after the business.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ SMALL_TALK = [
     ("did you see the game ?", "no , i missed it ."), ("i am so tired today .", "me too , long week ."),
 ]
 SCENARIOS = ("meet", "party", "lost", "late")
+HELD_OUT_NAMES = ["olga", "paul", "rita", "sami", "tara", "umar", "vera", "yuki"]
+HELD_OUT_SCENARIOS = ("borrow", "move")
 
 
 @dataclass(frozen=True)
@@ -110,15 +115,44 @@ def _late(rng: random.Random, a: str, b: str, c: str) -> tuple[list, str]:
     return turns, f"{a} will be {minutes} minutes late because of the {vehicle} ."
 
 
-_MAKERS = {"meet": _meet, "party": _party, "lost": _lost, "late": _late}
+def _borrow(rng: random.Random, a: str, b: str, c: str) -> tuple[list, str]:
+    thing, plural = rng.choice(THINGS)
+    them = "them" if plural else "it"
+    turns = [(a, rng.choice([f"can i borrow your {thing} ?", f"could you lend me your {thing} ?"]))]
+    if rng.random() < 0.6:
+        day = rng.choice(DAYS)
+        turns.append((b, rng.choice([f"sure , you can keep {them} until {day} .",
+                                     f"yes , but i need {them} back on {day} ."])))
+        turns.append((a, rng.choice(["great , thanks !", "deal ."])))
+        return turns, f"{b} will lend the {thing} to {a} until {day} ."
+    turns.append((b, rng.choice([f"sorry , i need {them} myself .", "no , not this time ."])))
+    return turns, f"{b} will not lend the {thing} to {a} ."
 
 
-def dialogue(rng: random.Random) -> Dialogue:
-    """One random dialogue with its summary."""
-    scenario = rng.choice(SCENARIOS)
-    a, b, c = rng.sample(NAMES, 3)
+def _move(rng: random.Random, a: str, b: str, c: str) -> tuple[list, str]:
+    day = rng.choice(DAYS)
+    turns = [(a, rng.choice([f"i move on {day} . can you help me ?", f"could you help me move on {day} ?"]))]
+    if rng.random() < 0.6:
+        turns.append((b, rng.choice(["of course , i will be there .", f"yes , {day} is fine ."])))
+        turns.append((c, rng.choice(["me too , i bring my car .", "i can come as well ."])))
+        return turns, f"{b} and {c} will help {a} move on {day} ."
+    turns.append((b, rng.choice([f"sorry , i work on {day} .", "i can not , sorry ."])))
+    return turns, f"{b} can not help {a} move on {day} ."
+
+
+_MAKERS = {"meet": _meet, "party": _party, "lost": _lost, "late": _late, "borrow": _borrow, "move": _move}
+
+
+def dialogue(rng: random.Random, names=NAMES, scenarios=SCENARIOS, chatty: bool = False) -> Dialogue:
+    """One random dialogue with its summary. Small talk, which the summary leaves out, comes
+    first in 30% of the dialogues; ``chatty``: always, and again at the end."""
+    scenario = rng.choice(scenarios)
+    a, b, c = rng.sample(names, 3)
     turns, summary = _MAKERS[scenario](rng, a, b, c)
-    if rng.random() < 0.3:  # small talk first: not part of the summary
+    if chatty:
+        (q, r), (q2, r2) = rng.sample(SMALL_TALK, 2)
+        turns = [(b, q), (a, r)] + turns + [(c, q2), (b, r2)]
+    elif rng.random() < 0.3:
         q, r = rng.choice(SMALL_TALK)
         turns = [(b, q), (a, r)] + turns
     return Dialogue(tuple(turns), summary, scenario)
@@ -150,3 +184,11 @@ def train_test_split(n_train: int, n_test: int, seed: int = 0) -> tuple[list[Dia
         raise ValueError(f"n_test={n_test}: only {len(test)} dialogues differ from the {n_train} training "
                          "ones; ask for fewer.")
     return train, test
+
+
+def shifted_dialogues(n: int, seed: int = 0) -> list[Dialogue]:
+    """``n`` dialogues unlike the training ones in names (``HELD_OUT_NAMES``), topics
+    (``HELD_OUT_SCENARIOS``) and length (small talk before and after); the same for the same seed."""
+    checks.count("n", n, minimum=0)
+    rng = random.Random(seed + 2_000_003)
+    return [dialogue(rng, HELD_OUT_NAMES, HELD_OUT_SCENARIOS, chatty=True) for _ in range(n)]

@@ -16,6 +16,12 @@ one error put in (label 0). The errors need context, often from both sides of a 
 
 ``translation_check(n_train, n_test, seed)`` gives balanced training and held-out sets
 (no held-out English sentence occurs in the training set), deterministic in the seed.
+
+A second task asks for one answer per position, and where its evidence lies decides
+which architecture can give it: ``neighbour_tags`` writes a row of numbers and tags each
+number with which of its two neighbours is larger (``none``, ``left``, ``right`` or
+``both``). The left half of a tag needs the word before, the right half the word after:
+a causal model, reading left to right, cannot know the right half at that position.
 """
 
 from __future__ import annotations
@@ -161,3 +167,47 @@ def translation_check(n_train: int, n_test: int, seed: int = 0, kinds=KINDS, max
     train_pairs, test_pairs = _pairs(n_train, n_test, seed, max_words)
     return (make_examples(train_pairs[:n_train], seed, kinds),
             make_examples(test_pairs[:n_test], seed + 1, kinds))
+
+
+TAGS = ("none", "left", "right", "both")  # which neighbour is larger; index = 2 * right + left
+
+
+class TagExample(NamedTuple):
+    numbers: tuple[int, ...]
+    tags: tuple[int, ...]  # index into TAGS: bit 0 = the left neighbour is larger, bit 1 = the right one
+
+    @property
+    def text(self) -> str:
+        """The numbers as words: ``"3 7 1 ..."``."""
+        return " ".join(map(str, self.numbers))
+
+    @property
+    def tag_text(self) -> str:
+        """The tags as words: ``"right none both ..."``."""
+        return " ".join(TAGS[t] for t in self.tags)
+
+
+def neighbour_tag(numbers, i: int) -> int:
+    """The tag of position ``i``: 1 if the left neighbour is larger, + 2 if the right one is."""
+    left = int(i > 0 and numbers[i - 1] > numbers[i])
+    right = int(i + 1 < len(numbers) and numbers[i + 1] > numbers[i])
+    return left + 2 * right
+
+
+def neighbour_tags(n_train: int, n_test: int, length: int = 10, n_values: int = 10, seed: int = 0):
+    """``(train, test)`` lists of ``TagExample``: rows of ``length`` numbers drawn from
+    ``0..n_values-1``, each number tagged with ``neighbour_tag``. No held-out row occurs in
+    the training set; deterministic in the seed."""
+    checks.count("n_train", n_train, minimum=0)
+    checks.count("n_test", n_test, minimum=0)
+    checks.count("length", length, minimum=2, fix="a number needs a neighbour")
+    checks.count("n_values", n_values, minimum=2, fix="a comparison needs two values")
+    if n_values ** length < 2 * (n_train + n_test):
+        raise ValueError(f"n_values={n_values} and length={length} allow only {n_values ** length} rows, too few "
+                         f"for {n_train} + {n_test} distinct examples; raise length or n_values.")
+    rng = random.Random(seed)
+    rows: dict[tuple[int, ...], None] = {}
+    while len(rows) < n_train + n_test:
+        rows.setdefault(tuple(rng.randrange(n_values) for _ in range(length)))
+    made = [TagExample(r, tuple(neighbour_tag(r, i) for i in range(length))) for r in rows]
+    return made[:n_train], made[n_train:]
