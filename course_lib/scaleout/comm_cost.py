@@ -21,8 +21,8 @@ SIZES = tuple(KIB * 4**k for k in range(9))  # 1 KiB .. 64 MiB
 
 def time_all_reduce(sizes=SIZES, repeats: int = 5, warmup: int = 1) -> list[float]:
     """Seconds of one ``dist.all_reduce`` of a float32 tensor of each of ``sizes`` bytes: the
-    median over ``repeats`` timed calls, each started together on all ranks (a barrier) and
-    timed as its slowest rank saw it."""
+    fastest of ``repeats`` timed calls (the one least disturbed by other programs), each
+    started together on all ranks (a barrier) and timed as its slowest rank saw it."""
     seconds = []
     for nbytes in sizes:
         if nbytes % 4:
@@ -37,8 +37,25 @@ def time_all_reduce(sizes=SIZES, repeats: int = 5, warmup: int = 1) -> list[floa
             dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
             if i >= warmup:
                 runs.append(float(elapsed))
-        seconds.append(float(np.median(runs)))
+        seconds.append(min(runs))
     return seconds
+
+
+def measure(sizes=SIZES, repeats: int = 5, ring_size: int = 1001) -> dict:
+    """On every rank: ``ring_all_reduce`` against ``dist.all_reduce`` on a random float32
+    tensor of ``ring_size`` values (``ring_max_diff``, ``ring_bytes_sent``), then
+    ``time_all_reduce(sizes, repeats)`` (``sizes``, ``seconds``)."""
+    from course_lib.scaleout.distributed import setup
+    from course_lib.scaleout.ring import ring_all_reduce
+
+    ctx = setup()
+    t = torch.randn(ring_size, generator=torch.Generator().manual_seed(ctx.rank))
+    ours, theirs = t.clone(), t.clone()
+    sent = ring_all_reduce(ours)
+    dist.all_reduce(theirs)
+    return {"world_size": ctx.world_size, "ring_max_diff": float((ours - theirs).abs().max()),
+            "ring_bytes_sent": sent, "tensor_bytes": t.numel() * t.element_size(), "sizes": list(sizes),
+            "seconds": time_all_reduce(sizes, repeats)}
 
 
 def fit_latency_bandwidth(nbytes, seconds) -> tuple[float, float]:

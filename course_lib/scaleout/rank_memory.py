@@ -76,6 +76,13 @@ def _step(model: nn.Module, optimizer, tokens: torch.Tensor) -> tuple[float, int
     return loss, held["gradients"]
 
 
+def _shapes(model: nn.Module) -> dict[str, tuple]:
+    """This rank's local shape of a few parameters (FSDP cuts the first dimension)."""
+    names = ("tok_embed.weight", "layers.0.self_attn.w_q.weight", "final_norm.bias")
+    return {n: tuple((p.to_local() if D.fsdp_isinstance(p, "DTensor") else p).shape)
+            for n, p in D.unwrap(model).named_parameters() if n in names}
+
+
 SMALL_GPT = dict(vocab_size=256, n_layers=4, n_heads=4, d_model=64)
 
 
@@ -93,7 +100,8 @@ def measure(stages=STAGES, batch_size: int = 8, seq_len: int = 16, steps: int = 
     ``parameters_at_rest``: after the last step; ``gradients``: after the last backward
     pass; ``optimizer``: after the last step. ``losses``: the global batch's loss at each
     step (the mean over ranks); ``weights``: the full state dict, on rank 0 only (None on
-    the others). On one process there is one row, the plain model, named ``"1 process"``.
+    the others); ``shapes``: this rank's local shape of three parameters. On one process
+    there is one row, the plain model, named ``"1 process"``.
     """
     ctx = D.setup()
     config = GPTConfig(**{**SMALL_GPT, "block_size": seq_len, **model_kwargs})
@@ -113,7 +121,7 @@ def measure(stages=STAGES, batch_size: int = 8, seq_len: int = 16, steps: int = 
             "stage": stage if ctx.distributed else "1 process", "world_size": ctx.world_size,
             "rank": ctx.rank, "model_parameters": GPT(config).num_parameters(),
             **memory_report(model, optimizer), "parameters_at_rest": parameter_bytes(model),
-            "parameters": peak.peak, "gradients": gradients, "losses": losses,
+            "parameters": peak.peak, "gradients": gradients, "losses": losses, "shapes": _shapes(model),
             "weights": {k: v.detach().cpu() for k, v in weights.items()} if ctx.is_main else None,
         })  # fmt: skip
         D.barrier(ctx)
