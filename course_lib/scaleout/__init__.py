@@ -4,7 +4,12 @@
   FSDP wrapping, gradient accumulation without talking, the global gradient norm.
 - ``checkpoint``: one full checkpoint written by rank 0, resumable on any number of ranks.
 - ``spawn``: ``launch(fn, 2)`` starts CPU ranks from Python (notebook 09, the tests).
-- ``rank_memory``: what each rank holds under DDP and FSDP, measured (notebook 09).
+- ``zero``: ZeRO's stages 1-3 with PyTorch's engines, and the paper's bytes per parameter.
+- ``rank_memory``: what each rank holds under DDP and each ZeRO stage, measured (notebook 09).
+- ``ring``: the ring all-reduce over point-to-point messages, and the bytes each rank sends.
+- ``comm_cost``: an all-reduce timed for several sizes, fitted by latency + bytes / bandwidth.
+- ``activation_checkpoint``: blocks run again in the backward pass instead of keeping
+  their activations, and the bytes a training step keeps, counted.
 
 The training loops use it as ``D``: ``from course_lib import scaleout as D``.
 """
