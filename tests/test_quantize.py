@@ -124,3 +124,66 @@ def test_the_original_model_is_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     quantize_model(model, bits=4, group_size=32)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _torch_groupwise(w, bits, group_size):
+    """Group-wise symmetric quantization from PyTorch's pieces: each group of ``group_size``
+    weights along a row is one "channel" of its per-channel symmetric observer (range
+    [-qmax, qmax]), and ``torch.quantize_per_channel`` rounds with those scales."""
+    from torch.ao.quantization.observer import PerChannelMinMaxObserver
+
+    qmax = 2 ** (bits - 1) - 1
+    groups = w.reshape(-1, group_size)
+    observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                        quant_min=-qmax, quant_max=qmax)
+    observer(groups)
+    scale, zero_point = observer.calculate_qparams()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_channel(groups, scale.double(), zero_point, 0, torch.qint8)
+    return q.int_repr().reshape(w.shape), scale.float().reshape(w.shape[0], -1)
+
+
+def _matches_torch(quantize, w, bits=4, group_size=16) -> bool:
+    q, scale = quantize(w, bits, group_size)
+    ref_q, ref_scale = _torch_groupwise(w, bits, group_size)
+    return torch.equal(q, ref_q) and torch.equal(scale, ref_scale)
+
+
+def _row_scale_for_every_group(w, bits, group_size):  # broken: the row's scale, not the group's
+    q, scale = absmax_quantize(w, bits)
+    return q, scale.expand(-1, w.shape[1] // group_size).contiguous()
+
+
+def _groups_down_the_columns(w, bits, group_size):  # broken: groups cut along the wrong axis
+    q, scale = absmax_quantize(w.t().contiguous(), bits, group_size)
+    return q.t().contiguous(), scale
+
+
+def _qmax_eight(w, bits, group_size):  # broken: 4 bits given 16 levels on one side (-8..8 overflows)
+    g = w.reshape(w.shape[0], -1, group_size)
+    scale = g.abs().amax(-1) / 8
+    return torch.round(g / scale.unsqueeze(-1)).clamp(-8, 7).to(torch.int8).reshape(w.shape), scale
+
+
+@pytest.mark.parametrize("bits,group_size", [(4, 16), (4, 32), (8, 16), (3, 8)])
+def test_groupwise_matches_torchs_observer_per_group(bits, group_size):
+    w = _w(2, (12, 64))
+    assert _matches_torch(absmax_quantize, w, bits, group_size)  # scales and integers bit for bit
+
+
+@pytest.mark.parametrize("broken", [_row_scale_for_every_group, _groups_down_the_columns, _qmax_eight])
+def test_broken_group_quantizers_fail_the_same_check(broken):
+    w = _w(3, (16, 64))
+    assert _matches_torch(absmax_quantize, w)
+    assert not _matches_torch(broken, w)
+
+
+def test_int4_bytes_are_half_a_byte_per_weight_plus_the_scales():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 24)
+    for group, groups in ((None, 1), (16, 4)):
+        ql = QuantizedLinear.from_linear(lin, 4, group)
+        assert ql.qweight.dtype == torch.uint8 and ql.qweight.shape == (24, 32)
+        assert tensor_bytes(ql) == 24 * 64 // 2 + 4 * 24 * groups + 4 * 24  # packed weights, scales, bias
+        assert torch.equal(unpack_int4(ql.qweight), absmax_quantize(lin.weight, 4, group)[0])
