@@ -337,3 +337,16 @@ def test_batch_translation_any_settings(beam_size, batch_size, max_new_tokens, a
                "sentences", "beam_size", "batch_size", "max_new_tokens", "alpha")
     if got is not None:
         assert isinstance(got, str) if isinstance(sentences, str) else len(got) == len(sentences)
+
+
+@SETTINGS
+@given(temperature=anything, alpha=anything)
+def test_distillation_loss_any_temperature_and_alpha(temperature, alpha):
+    from course_lib.distill import distillation_loss
+
+    student, teacher = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    targets = torch.randint(0, 5, (2, 3))
+    loss = call(lambda: distillation_loss(student, teacher, targets, temperature, alpha), "temperature", "alpha")
+    if loss is not None:  # a finite scalar, from a positive finite T and 0 <= alpha <= 1
+        assert loss.dim() == 0 and math.isfinite(float(loss))
+        assert 0 < float(temperature) < math.inf and 0 <= float(alpha) <= 1
