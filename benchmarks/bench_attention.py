@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     print(f"cpu, {torch.get_num_threads()} threads, torch {torch.__version__}; causal self-attention, "
           f"forward + backward, median of {args.rounds} interleaved rounds; "
           f"the library writes attention out up to {CPU_SHORT_ATTENTION} positions "
-          "when it runs more than one thread")
+          "(CPU_SHORT_ATTENTION) when it runs more than one thread")
     print("| batch x heads x length x d_k | fused kernel ms | written out ms | written out vs fused |")
     print("| --- | ---: | ---: | ---: |")
     for B, H, d in ((12, 4, 32), (8, 6, 64)):

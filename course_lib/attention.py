@@ -21,8 +21,9 @@ one) do this, and agree. In ``MultiHeadAttention`` such a query's output is then
 Routes: ``MultiHeadAttention`` computes the same attention by one of three routes, all equal
 to float rounding: ``explicit`` (the formula step by step, the only one that returns the
 weights), ``fused`` (PyTorch's fused kernel) and ``short`` (written out as two batched
-products, faster on a multi-threaded CPU for short sequences). ``attention_route`` picks
-one; ``use_route`` forces one, e.g. to count FLOPs the same way on every machine.
+products, for short sequences on a multi-threaded CPU where it measures faster: with torch
+2.13, nowhere, see ``CPU_SHORT_ATTENTION``). ``attention_route`` picks one; ``use_route``
+forces one, e.g. to count FLOPs the same way on every machine.
 """
 
 from __future__ import annotations
@@ -135,13 +136,15 @@ def fused_attention(
     return out.masked_fill(fully_masked, 0.0)
 
 
-# Up to this many keys, on a CPU running more than one thread, attention written out (one
-# batched multiply that adds the causal mask as a bias, a softmax, one more multiply) is
-# faster than PyTorch's fused kernel, which shares short sequences out to threads poorly:
-# forward + backward 1.0-1.3x faster at 16-128 positions on 2 threads, slower from about 256,
-# and slower on 1 thread (benchmarks/bench_attention.py). ``attention_route`` sends unmasked
-# self-attention there; everywhere else (masks, long sequences, one thread, GPUs) goes fused.
-CPU_SHORT_ATTENTION = 128
+# Up to this many keys, on a CPU running more than one thread, ``attention_route`` sends
+# unmasked self-attention to ``short_attention`` (written out: one batched multiply that adds
+# the causal mask as a bias, a softmax, one more multiply). With torch 2.13 PyTorch's fused
+# kernel is the faster at every length, so none goes there: on the 2-core test machine the
+# written-out forward + backward of causal self-attention takes 1.2-1.6x the fused kernel's
+# time at 32-128 positions on 2 threads and 1.15-1.4x at 64 on 1 thread
+# (benchmarks/bench_attention.py), and small-cpu's training step 5% longer (docs/results.md).
+# Raise it where that table says the written-out route wins.
+CPU_SHORT_ATTENTION = 0
 
 
 def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
@@ -149,7 +152,8 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal
     """softmax(q k^T / sqrt(d_k) + M) v, with the causal mask M as a bias (0 where a query may
     attend, -inf where not): three batched operations on ``(..., L, d)`` tensors of the
     same leading shape, no mask argument. The same numbers as ``fused_attention`` (to float
-    rounding); faster on the CPU for short sequences (see ``CPU_SHORT_ATTENTION``)."""
+    rounding); taken for short sequences on a multi-threaded CPU up to ``CPU_SHORT_ATTENTION``
+    positions (none by default)."""
     L_q, L_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
     q3, k3, v3 = q.reshape(-1, L_q, d), k.reshape(-1, L_k, d), v.reshape(-1, L_k, v.shape[-1])
     if is_causal:
@@ -207,8 +211,8 @@ def attention_route(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None 
     - ``"explicit"``: ``scaled_dot_product_attention``, the formula step by step, whenever
       the weights are wanted (``need_weights``, ``record_attention``);
     - ``"short"``: ``short_attention``, for unmasked self-attention (``L_q == L_k``) of at most
-      ``CPU_SHORT_ATTENTION`` positions on a CPU running more than one thread, where it is
-      the fastest;
+      ``CPU_SHORT_ATTENTION`` positions (none by default: the fused kernel is the faster) on
+      a CPU running more than one thread;
     - ``"fused"``: ``fused_attention``, PyTorch's fused kernel, everywhere else.
 
     Inside ``use_route(route)`` that route is taken instead, except that the weights still
@@ -282,7 +286,7 @@ class MultiHeadAttention(nn.Module):
     ``need_weights=True`` computes attention explicitly and returns the per-head
     weights ``(B, n_heads, L_q, L_k)``; otherwise ``attention_route`` picks the fastest
     route that gives the same output (to float rounding): PyTorch's fused kernel, or
-    ``short_attention`` for short unmasked sequences on a multi-threaded CPU.
+    ``short_attention`` up to ``CPU_SHORT_ATTENTION`` unmasked positions on a multi-threaded CPU.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):

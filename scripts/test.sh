@@ -18,7 +18,8 @@ unset PYTHONDONTWRITEBYTECODE
 .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --nbval-lax \
   --nbval-current-env notebooks tests "$@"
 # The tests of attention, the GPT, FLOP counts, memory and plans once more at two threads, in
-# one process: on a CPU with more than one thread attention takes another route
-# (course_lib.attention.attention_route), so a result that depends on the thread count fails here.
+# one process: with more than one thread a CPU splits its products otherwise, and attention
+# may take another route (course_lib.attention.attention_route, up to CPU_SHORT_ATTENTION
+# positions), so a result that depends on the thread count fails here.
 OMP_NUM_THREADS=2 .venv/bin/python -m pytest -q tests/test_attention.py \
   tests/test_scaling.py tests/test_gpt.py tests/test_memory.py tests/test_plan.py

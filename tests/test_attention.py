@@ -215,12 +215,15 @@ def test_short_attention_check_catches_a_mask_one_position_off(monkeypatch):
 # ------------------------------------------------------------------ routes
 
 
-def test_route_depends_on_threads_length_mask_and_weights(threads):
-    """Unmasked self-attention up to CPU_SHORT_ATTENTION positions goes the short route on
-    a CPU with more than one thread; masks, longer sequences, a cached step (L_q != L_k),
+def test_route_depends_on_threads_length_mask_and_weights(threads, monkeypatch):
+    """By default (CPU_SHORT_ATTENTION 0) attention goes fused at any thread count. With the
+    threshold raised, unmasked self-attention up to that many positions goes the short route
+    on a CPU with more than one thread; masks, longer sequences, a cached step (L_q != L_k),
     one thread and other devices go fused; wanted weights go explicit. use_route forces a route where
     it applies, and ends with its block."""
-    q, long = torch.randn(2, 4, 8, 4), torch.randn(1, 4, CPU_SHORT_ATTENTION + 1, 4)
+    assert CPU_SHORT_ATTENTION == 0 and attention_route(*[torch.randn(2, 4, 8, 4)] * 2) == "fused"
+    monkeypatch.setattr(attention, "CPU_SHORT_ATTENTION", 128)
+    q, long = torch.randn(2, 4, 8, 4), torch.randn(1, 4, 129, 4)
     mask = causal_mask(8)
     fast = "short" if threads > 1 else "fused"
     assert attention_route(q, q) == fast
@@ -250,11 +253,12 @@ def spy_routes(monkeypatch):
 
 
 def test_mha_runs_the_route_attention_route_names(monkeypatch, threads):
-    """The route chosen is the computation run: short ones only on 2 threads, never with a
-    mask, a longer sequence, a cached step or wanted weights."""
+    """The route chosen is the computation run: with CPU_SHORT_ATTENTION raised, short ones
+    only on 2 threads, never with a mask, a longer sequence, a cached step or wanted weights."""
     calls = spy_routes(monkeypatch)
+    monkeypatch.setattr(attention, "CPU_SHORT_ATTENTION", 128)
     mha = MultiHeadAttention(16, 4).eval()
-    short, long = torch.randn(2, 8, 16), torch.randn(1, CPU_SHORT_ATTENTION + 1, 16)
+    short, long = torch.randn(2, 8, 16), torch.randn(1, 129, 16)
     fast = "short" if threads > 1 else "fused"
     mha(short, is_causal=True)
     mha(short)

@@ -269,3 +269,25 @@ def test_exercise_checker_rejects_a_wrong_answer(name):
 
     # (that the solution equals an independent reference: tests/test_solutions_independent.py)
     assert not check(lambda *args: 0.5, name, verbose=False)
+
+
+def test_progress_bar_shows_the_loss_and_epoch(monkeypatch):
+    """The bar of a training run shows the step's loss and the epoch (set without a refresh)."""
+    import tqdm
+
+    shown = []
+
+    class Bar(tqdm.tqdm):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            shown.append(dict(ordered_dict or {}, **kwargs))
+            super().set_postfix(ordered_dict, refresh, **kwargs)
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    pairs = grammar.generate_pairs(40, seed=0)
+    tok = build_tokenizer(pairs)
+    torch.manual_seed(0)
+    hist = train(_tiny(tok), tok, pairs, pairs[:8], TrainConfig(steps=4, batch_size=16, warmup=2, eval_every=4))
+    losses = [f"{loss:.3f}" for _, loss in hist["train_losses"]]
+    assert [s["loss"] for s in shown][:4] == losses  # one per step (the last again at the evaluation)
+    assert [s["epoch"] for s in shown][:4] == [0, 0, 0, 1]  # 40 pairs, 16 a batch: 3 steps an epoch

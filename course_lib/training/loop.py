@@ -16,7 +16,9 @@ same result as one batch), mixed precision (``Precision``), several processes (D
 FSDP: gradients synchronised on the last micro-batch, the logged loss averaged over
 ranks, the progress bar on rank 0), evaluation every ``eval_every`` steps and after the
 last, a stop at a target loss or after a time budget, ``on_step(state)`` after each step
-and ``on_eval(state)`` after each evaluation (where a caller writes its checkpoint).
+and ``on_eval(state)`` after each evaluation (where a caller writes its checkpoint). The
+progress bar shows the last loss read from the device (every step when there is an
+``on_step``, else at each evaluation) and the epoch where the task keeps one in ``state``.
 
 The returned ``state`` is JSON: ``step``, ``train_losses`` ([step, loss] per step),
 ``evals`` (the dicts ``evaluate`` returned, with ``step``), ``train_seconds`` (time spent
@@ -144,13 +146,13 @@ def fit(model, optimizer, batch_at: Callable[[int], Batch], loss_of, *, steps: i
         if time_budget is not None and state["train_seconds"] >= time_budget:
             state["stopped"] = f"time budget of {time_budget:g} s spent"
         if on_step is not None:
-            _record(state, pending)  # on_step sees this step's loss
+            _record(state, pending, bar)  # on_step sees this step's loss
             clock.lap()
             if on_step(state):
                 state["stopped"] = "on_step asked to stop"
             clock.restart()
         if step % eval_every == 0 or step == steps or state["stopped"] != "steps":
-            _record(state, pending)
+            _record(state, pending, bar)
             clock.lap()  # the wait for the device is training time
             _evaluate(model, state, evaluate, target_loss, on_eval)
             clock.restart()
@@ -160,12 +162,16 @@ def fit(model, optimizer, batch_at: Callable[[int], Batch], loss_of, *, steps: i
     return state
 
 
-def _record(state: dict, pending: list) -> None:
-    """Move the pending (step, loss on the device) pairs into ``state['train_losses']``."""
+def _record(state: dict, pending: list, bar=None) -> None:
+    """Move the pending (step, loss on the device) pairs into ``state['train_losses']``; the
+    progress bar shows the last loss (and the epoch, where the task keeps one in ``state``)."""
     if pending:
         values = torch.stack([v for _, v in pending]).tolist()  # one wait for the device
         state["train_losses"] += [[s, round(v, 6)] for (s, _), v in zip(pending, values)]
         pending.clear()
+        if bar is not None and not bar.disable:
+            shown = {"loss": f"{values[-1]:.3f}", **({"epoch": state["epoch"]} if "epoch" in state else {})}
+            bar.set_postfix(shown, refresh=False)
 
 
 def _evaluate(model, state: dict, evaluate, target_loss, on_eval) -> None:
