@@ -15,7 +15,6 @@ can be resumed or extended (a results file made from other text or settings is a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -25,12 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from course_lib.data import generated_corpus, read_text_file  # noqa: E402
-from course_lib.scaling import IsoFLOPSpec, plan_point, train_point  # noqa: E402
+from course_lib.scaling import IsoFLOPSpec, grid_text, plan_point, train_point  # noqa: E402
 from course_lib.tokenizer import CharTokenizer  # noqa: E402
 from course_lib.training.gpt import prepare_data  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 NAME = "scaling_grid"
 
 # budget (FLOPs) -> the shapes (n_layers, d_model) trained at it. N of each shape on the
@@ -40,30 +37,13 @@ GRID = {
     1e11: [(1, 12), (1, 16), (1, 24), (2, 24), (2, 32)],
     2e11: [(1, 12), (1, 16), (1, 24), (2, 24), (2, 32)],
     4e11: [(1, 16), (1, 24), (2, 24), (2, 32), (2, 40)],
-    8e11: [(1, 16), (1, 24), (2, 24), (2, 32), (2, 40), (3, 48)],
+    8e11: [(1, 24), (2, 24), (2, 32), (2, 40), (3, 48)],
     1.6e12: [(1, 24), (2, 24), (2, 32), (2, 40), (3, 48)],
 }
 SPEC = IsoFLOPSpec(lr=1e-2)
 # --quick: two budgets x two tiny shapes on 20,000 characters, a few seconds in all
 QUICK_GRID = {3e7: [(1, 4), (1, 8)], 6e7: [(1, 4), (1, 8)]}
 QUICK_SPEC = IsoFLOPSpec(block_size=16, batch_size=8, lr=1e-2, eval_batches=2)
-
-
-def shakespeare_path() -> Path | None:
-    for folder in (os.environ.get("COURSE_DATA_DIR"), ROOT.parent / "shared" / "data"):
-        if folder and (Path(folder) / "tinyshakespeare" / "input.txt").is_file():
-            return Path(folder) / "tinyshakespeare" / "input.txt"
-    return None
-
-
-def load_grid_text(max_chars: int | None = None) -> tuple[str, str]:
-    """The grid's text and its name (no machine path): tiny Shakespeare, else generated."""
-    path = shakespeare_path()
-    if path is not None:
-        text = read_text_file(path)[:max_chars]
-        return text, f"tinyshakespeare ({len(text):,} characters)"
-    n = max_chars or 1_000_000
-    return generated_corpus(n), f"generated corpus ({n:,} characters)"
 
 
 def point_key(point: dict) -> tuple:
@@ -96,14 +76,22 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny grid on little text (a dry run)")
     parser.add_argument("--record", action="store_true", help=f"write resources/results/{NAME}.json as it goes")
     parser.add_argument("--folder", default=None, help="where --record writes (default: resources/results)")
+    parser.add_argument("--budgets", type=float, nargs="+", default=None,
+                        help="train only these budgets of the grid (several processes can share a grid)")
     args = parser.parse_args(argv)
     from course_lib.results import RESULTS, record
 
     grid, spec = (QUICK_GRID, QUICK_SPEC) if args.quick else (GRID, SPEC)
     name = f"{NAME}_quick" if args.quick else NAME
     folder = Path(args.folder) if args.folder else RESULTS
+    if args.budgets is not None:
+        unknown = sorted(set(args.budgets) - set(grid))
+        if unknown:
+            print(f"error: --budgets {unknown} are not budgets of the grid; choose from {sorted(grid)}", file=sys.stderr)
+            return 2
+        grid = {c: grid[c] for c in args.budgets}
     torch.set_num_threads(1)  # tiny models: one thread is the fastest, and bit-for-bit repeatable
-    text, source = load_grid_text(20_000 if args.quick else None)
+    text, source = grid_text(20_000 if args.quick else None)
     tokenizer = CharTokenizer.from_text(text)
     data = prepare_data(text, tokenizer)
     done = existing_points(folder, name, source, spec) if args.record else []
@@ -115,6 +103,8 @@ def main(argv=None) -> int:
     for i, point in enumerate(todo, 1):
         cpu = time.process_time()
         result = {**train_point(point, data, spec, device="cpu"), "cpu_seconds": round(time.process_time() - cpu, 2)}
+        if args.record:  # with the runs other processes have recorded meanwhile
+            done = [p for p in existing_points(folder, name, source, spec) if point_key(p) != point_key(result)]
         done.append(result)
         print(f"[{i}/{len(todo)}] C={point['budget']:.1e} N={point['params']:,} D={point['tokens']:,}: "
               f"val {result['val_loss']:.4f} ({result['seconds']:.0f} s)", flush=True)

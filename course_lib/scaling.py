@@ -31,8 +31,10 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -336,6 +338,22 @@ def shape_params(shape: tuple[int, int], vocab_size: int, spec: IsoFLOPSpec) -> 
 
     with torch.device("meta"):
         return scaling_params(GPT(shape_config(shape, vocab_size, spec.block_size, spec.head_dim)))
+
+
+def grid_text(max_chars: int | None = None) -> tuple[str, str]:
+    """The grid's text and its name (no machine path): tiny Shakespeare from
+    ``$COURSE_DATA_DIR/tinyshakespeare/input.txt`` or ``../shared/data`` beside the checkout,
+    else the course's generated corpus (offline, always there)."""
+    from course_lib.data import generated_corpus, read_text_file
+
+    checkout = Path(__file__).resolve().parent.parent
+    for folder in (os.environ.get("COURSE_DATA_DIR"), checkout.parent / "shared" / "data"):
+        path = Path(folder or "") / "tinyshakespeare" / "input.txt"
+        if folder and path.is_file():
+            text = read_text_file(path)[:max_chars]
+            return text, f"tinyshakespeare ({len(text):,} characters)"
+    n = max_chars or 1_000_000
+    return generated_corpus(n), f"generated corpus ({n:,} characters)"
 
 
 def plan_point(budget: float, shape: tuple[int, int], vocab_size: int, spec: IsoFLOPSpec) -> dict:
