@@ -101,18 +101,22 @@ def main(argv=None) -> int:
     print(f"data: {source}; {len(todo)} runs to train, {len(done)} already recorded", flush=True)
     start = time.perf_counter()
     for i, point in enumerate(todo, 1):
+        if args.record:  # with the runs other processes have recorded meanwhile
+            done = existing_points(folder, name, source, spec)
+            if point_key(point) in {point_key(p) for p in done}:
+                continue
         cpu = time.process_time()
         result = {**train_point(point, data, spec, device="cpu"), "cpu_seconds": round(time.process_time() - cpu, 2)}
-        if args.record:  # with the runs other processes have recorded meanwhile
+        if args.record:
             done = [p for p in existing_points(folder, name, source, spec) if point_key(p) != point_key(result)]
         done.append(result)
-        print(f"[{i}/{len(todo)}] C={point['budget']:.1e} N={point['params']:,} D={point['tokens']:,}: "
-              f"val {result['val_loss']:.4f} ({result['seconds']:.0f} s)", flush=True)
         if args.record:
             record(name, {"data": source, "spec": asdict(spec), "points": done,
                           "cpu_seconds": round(sum(p["cpu_seconds"] for p in done), 1),
                           "wall_seconds": round(sum(p["seconds"] for p in done), 1)},
                    source="benchmarks/scaling_grid.py", folder=folder)
+        print(f"[{i}/{len(todo)}] C={point['budget']:.1e} N={point['params']:,} D={point['tokens']:,}: "
+              f"val {result['val_loss']:.4f} ({result['seconds']:.0f} s)", flush=True)
     print(f"trained {len(todo)} runs in {time.perf_counter() - start:.0f} s\n")
     print_table(done)
     return 0

@@ -92,20 +92,21 @@ def fit_power_law(x, y) -> tuple[float, float]:
     return float(np.exp(intercept)), float(-slope)
 
 
-def _linear_fits(columns: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _linear_fits(columns: np.ndarray, y: np.ndarray, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """For each stack ``columns[k]`` (n x p): the coefficients c >= 0 minimising the relative
-    error of ``columns[k] @ c`` to y, and that error (sum of squares); inf where the best
-    unconstrained solution has a negative coefficient. All k at once (normal equations on
-    columns scaled to unit norm)."""
+    error of ``offset + columns[k] @ c`` to y, and that error (sum of squares); inf where the
+    best unconstrained solution has a negative coefficient. All k at once (normal equations
+    on columns scaled to unit norm)."""
+    target = 1.0 - offset / y
     w = columns / y[None, :, None]
     scale = np.linalg.norm(w, axis=1, keepdims=True)
     scale[scale == 0] = 1.0
     w = w / scale
     gram = np.einsum("kni,knj->kij", w, w)
-    rhs = w.sum(axis=1)
+    rhs = np.einsum("kni,n->ki", w, target)
     with np.errstate(all="ignore"):
         c = np.linalg.solve(gram + 1e-14 * np.eye(w.shape[2]), rhs[..., None])[..., 0]
-        error = np.sum((np.einsum("kni,ki->kn", w, c) - 1.0) ** 2, axis=1)
+        error = np.sum((np.einsum("kni,ki->kn", w, c) - target) ** 2, axis=1)
     c = c / scale[:, 0, :]
     error[~np.all(c >= 0, axis=1) | ~np.isfinite(error)] = math.inf
     return c, error
@@ -175,19 +176,27 @@ class LossSurface:
         return g * c6 ** self.a, c6 ** (1.0 - self.a) / g
 
 
-def fit_loss_surface(n_params, n_tokens, loss, alpha_range=(0.05, 1.5), beta_range=(0.05, 1.5)) -> LossSurface:
+def fit_loss_surface(n_params, n_tokens, loss, alpha_range=(0.05, 1.5), beta_range=(0.05, 1.5),
+                     E: float | None = None) -> LossSurface:
     """Fit ``E + A / N^alpha + B / D^beta`` to measured runs (E, A, B >= 0): the exponents on
-    a grid (refined twice), E, A and B by least squares on relative errors for each."""
+    a grid (refined twice), E, A and B by least squares on relative errors for each. With
+    ``E`` given, only A, B and the exponents are fitted (a profile over E)."""
     n, d, y = _as_arrays(n_params, n_tokens, loss)
     if len(y) < 5:
         raise ValueError("the loss surface has 5 parameters; it needs at least 5 runs.")
+    if E is not None:
+        checks.number("E", E, 0.0, float(np.min(y)), fix="E must lie between 0 and the lowest loss measured")
     ln, ld = np.log(n), np.log(d)
 
-    def cols(p):  # (k, runs, 3)
-        return np.stack([np.ones((len(p), len(y))), np.exp(-p[:, :1] * ln), np.exp(-p[:, 1:] * ld)], -1)
+    def cols(p):  # (k, runs, 3), or 2 columns with E fixed
+        parts = [np.ones((len(p), len(y)))] * (E is None) + [np.exp(-p[:, :1] * ln), np.exp(-p[:, 1:] * ld)]
+        return np.stack(parts, -1)
 
-    (alpha, beta), _ = _grid_search(lambda p: _linear_fits(cols(p), y)[1], [alpha_range, beta_range], points=41)
-    e, a, b = _linear_fits(cols(np.array([[alpha, beta]])), y)[0][0]
+    offset = 0.0 if E is None else float(E)
+    (alpha, beta), _ = _grid_search(lambda p: _linear_fits(cols(p), y, offset)[1], [alpha_range, beta_range],
+                                    points=41)
+    coeffs = _linear_fits(cols(np.array([[alpha, beta]])), y, offset)[0][0]
+    e, a, b = coeffs if E is None else (offset, *coeffs)
     return LossSurface(float(e), float(a), float(b), float(alpha), float(beta))
 
 

@@ -267,3 +267,16 @@ def test_the_grid_script_records_and_resumes(tmp_path, one_thread, capsys):
     (tmp_path / "scaling_grid_quick.json").write_text(json.dumps(body))
     with pytest.raises(ValueError, match="move it away"):
         grid.main(["--quick", "--record", "--folder", str(tmp_path)])
+
+
+def test_a_surface_with_e_held_fixed_profiles_e():
+    """Held at the true E the fit recovers the rest; held at a wrong E it fits worse."""
+    rows = _isoflop_grid(CHAR)
+    n, d, y = (np.array([r[k] for r in rows]) for k in ("params", "tokens", "val_loss"))
+    at_true = fit_loss_surface(n, d, y, E=CHAR.E)
+    assert at_true.E == CHAR.E and at_true.alpha == pytest.approx(CHAR.alpha, rel=0.02)
+    assert at_true.beta == pytest.approx(CHAR.beta, rel=0.02)
+    wrong = fit_loss_surface(n, d, y, E=0.5)
+    assert np.sum((wrong.loss(n, d) / y - 1) ** 2) > 100 * np.sum((at_true.loss(n, d) / y - 1) ** 2) + 1e-12
+    with pytest.raises(ValueError, match="lowest loss"):
+        fit_loss_surface(n, d, y, E=float(y.min()) + 0.1)
