@@ -1,7 +1,7 @@
 """The IsoFLOP grid of notebook 11: character-level GPTs of several sizes, each trained at
 several compute budgets C = 6ND with its own cosine schedule, and the validation loss at the end.
 
-    python benchmarks/scaling_grid.py --record          # the grid (about 30 min on one CPU core)
+    python benchmarks/scaling_grid.py --record          # the grid (about 16 CPU-minutes on one core)
     python benchmarks/scaling_grid.py --quick           # a tiny dry run (seconds), nothing written
 
 Every budget gets the model sizes around its best one (``GRID``), so that each IsoFLOP curve
