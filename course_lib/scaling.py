@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import time
@@ -363,6 +364,30 @@ def grid_text(max_chars: int | None = None) -> tuple[str, str]:
             return text, f"tinyshakespeare ({len(text):,} characters)"
     n = max_chars or 1_000_000
     return generated_corpus(n), f"generated corpus ({n:,} characters)"
+
+
+def results_url(repo_url: str, name: str) -> str:
+    """Where the repository at ``repo_url`` (on GitHub) serves ``resources/results/<name>.json``."""
+    if not isinstance(repo_url, str) or not repo_url.startswith("https://github.com/"):
+        raise ValueError(f"repo_url={repo_url!r} must be a GitHub address, https://github.com/OWNER/NAME.")
+    raw = repo_url.rstrip("/").removesuffix(".git").replace("https://github.com/", "https://raw.githubusercontent.com/")
+    return f"{raw}/main/resources/results/{name}.json"
+
+
+def load_grid(name: str = "scaling_grid", repo_url: str | None = None) -> dict:
+    """The grid's results file (JSON): ``resources/results/<name>.json`` in a checkout of the
+    course; for an installed course_lib without it (Colab), downloaded from ``repo_url``."""
+    from course_lib.results import RESULTS, load
+
+    if (RESULTS / f"{name}.json").is_file() or repo_url is None:
+        return load(name)
+    import urllib.request
+
+    with urllib.request.urlopen(results_url(repo_url, name), timeout=20) as response:
+        body = json.loads(response.read())
+    if not isinstance(body, dict) or not isinstance(body.get("figures", {}).get("points"), list):
+        raise ValueError(f"{results_url(repo_url, name)} is not a results file of benchmarks/scaling_grid.py.")
+    return body
 
 
 def plan_point(budget: float, shape: tuple[int, int], vocab_size: int, spec: IsoFLOPSpec) -> dict:

@@ -280,3 +280,15 @@ def test_a_surface_with_e_held_fixed_profiles_e():
     assert np.sum((wrong.loss(n, d) / y - 1) ** 2) > 100 * np.sum((at_true.loss(n, d) / y - 1) ** 2) + 1e-12
     with pytest.raises(ValueError, match="lowest loss"):
         fit_loss_surface(n, d, y, E=float(y.min()) + 0.1)
+
+
+def test_the_grid_file_is_read_from_the_checkout_or_its_repository_address():
+    from course_lib.scaling import load_grid, results_url
+
+    assert load_grid()["figures"]["points"] == load_grid(repo_url="https://github.com/o/r")["figures"]["points"]
+    assert results_url("https://github.com/o/r.git", "g") == \
+        "https://raw.githubusercontent.com/o/r/main/resources/results/g.json"
+    with pytest.raises(ValueError, match="GitHub address"):
+        results_url("github.com/o/r", "g")
+    with pytest.raises(FileNotFoundError):
+        load_grid("no_such_grid")
