@@ -1,5 +1,5 @@
-"""Scaling laws measured on your own GPTs: a grid of model sizes x compute budgets, and the
-fits that turn its validation losses into laws (notebook 11).
+"""Scaling laws measured on your own GPTs: an IsoFLOP grid of model sizes x compute budgets,
+and the three fits that turn its validation losses into laws (notebook 11).
 
     "For compute-optimal training, the model size and the number of training tokens should
     be scaled equally: for every doubling of model size the number of training tokens
@@ -12,30 +12,29 @@ fits that turn its validation losses into laws (notebook 11).
   head, tied to the token embedding, is a matrix product and stays in).
 - ``attention_flops``: what 6ND leaves out, attention's own products (QK^T and the weighted
   sum of V), ``12 n_layers T d_model`` per token over a context of T.
-- ``fit_power_law``: ``y = A x^-alpha`` by least squares on the logarithms.
-- ``fit_power_law_offset``: ``y = E + A x^-alpha`` (an irreducible loss E).
-- ``isoflop_minimum``: a parabola in log N through one budget's losses, and its vertex:
-  Chinchilla's approach 2.
-- ``fit_loss_surface``: ``L(N, D) = E + A / N^alpha + B / D^beta`` (approach 3), and the
-  compute-optimal split it implies.
+- ``fit_power_law``: ``y = A x^-alpha`` by least squares on the logarithms;
+  ``fit_power_law_offset``: ``y = E + A x^-alpha`` (an irreducible loss E).
+- Approach 1, ``envelope_analysis``: at each compute, the size whose loss is lowest.
+- Approach 2, ``isoflop_analysis``: a parabola in log N through each budget's losses, its vertex.
+- Approach 3, ``fit_loss_surface``: ``L(N, D) = E + A / N^alpha + B / D^beta`` and the
+  compute-optimal split it implies; ``bootstrap_loss_surface`` for how well runs pin it.
+- ``IsoFLOPSpec``, ``plan_point``, ``train_point``: one run of the grid (a size at a budget,
+  its own cosine schedule), as ``benchmarks/scaling_grid.py`` trains them all.
 
 The nonlinear fits need no optimiser library: for fixed exponents the laws are linear in
 (E, A, B), so the exponents are found on a grid (refined twice) and the coefficients by
 linear least squares on relative errors, which is exact for noiseless data and robust.
-
-    python -m course_lib.scaling --grid gpu --out results.json    # the full grid, on a GPU
-    python -m course_lib.scaling --grid cpu --out results.json    # the notebook's grid
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import math
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -94,34 +93,46 @@ def fit_power_law(x, y) -> tuple[float, float]:
     return float(np.exp(intercept)), float(-slope)
 
 
-def _linear_fit(columns: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Nonnegative coefficients c minimising the relative error of ``columns @ c`` to y, and
-    that error (sum of squares); inf when the best unconstrained solution has a negative c."""
-    w = columns / y[:, None]
-    c, *_ = np.linalg.lstsq(w, np.ones_like(y), rcond=None)
-    if np.any(c < 0):
-        return c, math.inf
-    return c, float(np.sum((w @ c - 1.0) ** 2))
+def _linear_fits(columns: np.ndarray, y: np.ndarray, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """For each stack ``columns[k]`` (n x p): the coefficients c >= 0 minimising the relative
+    error of ``offset + columns[k] @ c`` to y, and that error (sum of squares); inf where the
+    best unconstrained solution has a negative coefficient. All k at once (normal equations
+    on columns scaled to unit norm)."""
+    target = 1.0 - offset / y
+    w = columns / y[None, :, None]
+    scale = np.linalg.norm(w, axis=1, keepdims=True)
+    scale[scale == 0] = 1.0
+    w = w / scale
+    gram = np.einsum("kni,knj->kij", w, w)
+    rhs = np.einsum("kni,n->ki", w, target)
+    with np.errstate(all="ignore"):
+        c = np.linalg.solve(gram + 1e-14 * np.eye(w.shape[2]), rhs[..., None])[..., 0]
+        error = np.sum((np.einsum("kni,ki->kn", w, c) - target) ** 2, axis=1)
+    c = c / scale[:, 0, :]
+    error[~np.all(c >= 0, axis=1) | ~np.isfinite(error)] = math.inf
+    return c, error
 
 
-def _grid_search(loss, ranges: list[tuple[float, float]], points: int = 61, rounds: int = 3):
-    """Minimise ``loss(exponents)`` over a box: a grid, then two finer grids around the best."""
+def _grid_search(errors, ranges: list[tuple[float, float]], points: int = 61, rounds: int = 3):
+    """Minimise ``errors(exponents)`` (a function of a (k, dims) array, one row per candidate)
+    over a box: a grid, then two finer grids around the best."""
     lo = np.array([r[0] for r in ranges], dtype=np.float64)
     hi = np.array([r[1] for r in ranges], dtype=np.float64)
-    best, best_loss = None, math.inf
+    best, best_error = None, math.inf
     for _ in range(rounds):
         axes = [np.linspace(a, b, points) for a, b in zip(lo, hi)]
-        for point in np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(ranges)):
-            value = loss(point)
-            if value < best_loss:
-                best, best_loss = point, value
+        candidates = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(ranges))
+        values = errors(candidates)
+        i = int(np.argmin(values))
+        if values[i] < best_error:
+            best, best_error = candidates[i], float(values[i])
         if best is None:
             break
         step = (hi - lo) / (points - 1)
         lo, hi = np.maximum(best - 2 * step, lo), np.minimum(best + 2 * step, hi)
     if best is None:
         raise ValueError("no exponents give nonnegative coefficients: the data do not decrease like a power law.")
-    return best, best_loss
+    return best, best_error
 
 
 def fit_power_law_offset(x, y, alpha_range: tuple[float, float] = (0.01, 2.0)) -> tuple[float, float, float]:
@@ -131,11 +142,11 @@ def fit_power_law_offset(x, y, alpha_range: tuple[float, float] = (0.01, 2.0)) -
         raise ValueError("a power law with an offset needs at least 3 points.")
     lx = np.log(x)
 
-    def cols(alpha):
-        return np.stack([np.ones_like(x), np.exp(-alpha * lx)], 1)
+    def cols(alphas):  # (k, n, 2)
+        return np.stack([np.ones((len(alphas), len(x))), np.exp(-alphas[:, :1] * lx)], -1)
 
-    (alpha,), _ = _grid_search(lambda p: _linear_fit(cols(p[0]), y)[1], [alpha_range], points=201)
-    e, a = _linear_fit(cols(alpha), y)[0]
+    (alpha,), _ = _grid_search(lambda p: _linear_fits(cols(p), y)[1], [alpha_range], points=201)
+    e, a = _linear_fits(cols(np.array([[alpha]])), y)[0][0]
     return float(e), float(a), float(alpha)
 
 
@@ -166,19 +177,46 @@ class LossSurface:
         return g * c6 ** self.a, c6 ** (1.0 - self.a) / g
 
 
-def fit_loss_surface(n_params, n_tokens, loss, alpha_range=(0.05, 1.5), beta_range=(0.05, 1.5)) -> LossSurface:
-    """Fit ``E + A / N^alpha + B / D^beta`` to measured runs (E, A, B >= 0)."""
+def fit_loss_surface(n_params, n_tokens, loss, alpha_range=(0.05, 1.5), beta_range=(0.05, 1.5),
+                     E: float | None = None) -> LossSurface:
+    """Fit ``E + A / N^alpha + B / D^beta`` to measured runs (E, A, B >= 0): the exponents on
+    a grid (refined twice), E, A and B by least squares on relative errors for each. With
+    ``E`` given, only A, B and the exponents are fitted (a profile over E)."""
     n, d, y = _as_arrays(n_params, n_tokens, loss)
     if len(y) < 5:
         raise ValueError("the loss surface has 5 parameters; it needs at least 5 runs.")
+    if E is not None:
+        checks.number("E", E, 0.0, float(np.min(y)), fix="E must lie between 0 and the lowest loss measured")
     ln, ld = np.log(n), np.log(d)
 
-    def cols(p):
-        return np.stack([np.ones_like(y), np.exp(-p[0] * ln), np.exp(-p[1] * ld)], 1)
+    def cols(p):  # (k, runs, 3), or 2 columns with E fixed
+        parts = [np.ones((len(p), len(y)))] * (E is None) + [np.exp(-p[:, :1] * ln), np.exp(-p[:, 1:] * ld)]
+        return np.stack(parts, -1)
 
-    (alpha, beta), _ = _grid_search(lambda p: _linear_fit(cols(p), y)[1], [alpha_range, beta_range], points=41)
-    e, a, b = _linear_fit(cols((alpha, beta)), y)[0]
+    offset = 0.0 if E is None else float(E)
+    (alpha, beta), _ = _grid_search(lambda p: _linear_fits(cols(p), y, offset)[1], [alpha_range, beta_range],
+                                    points=41)
+    coeffs = _linear_fits(cols(np.array([[alpha, beta]])), y, offset)[0][0]
+    e, a, b = coeffs if E is None else (offset, *coeffs)
     return LossSurface(float(e), float(a), float(b), float(alpha), float(beta))
+
+
+def bootstrap_loss_surface(n_params, n_tokens, loss, samples: int = 200, seed: int = 0, **ranges) -> list[LossSurface]:
+    """``fit_loss_surface`` on ``samples`` resamplings of the runs (with replacement): the
+    spread of the fitted E, alpha, beta and a is how well the runs pin them."""
+    n, d, y = _as_arrays(n_params, n_tokens, loss)
+    checks.count("samples", samples)
+    rng = np.random.default_rng(seed)
+    fits = []
+    for _ in range(samples):
+        i = rng.integers(0, len(y), len(y))
+        if len(set(zip(n[i], d[i]))) < 5:  # too few distinct runs to fit 5 parameters
+            continue
+        try:
+            fits.append(fit_loss_surface(n[i], d[i], y[i], **ranges))
+        except ValueError:
+            continue
+    return fits
 
 
 def isoflop_minimum(n_params, loss) -> tuple[float, float, np.ndarray]:
@@ -230,220 +268,158 @@ def isoflop_analysis(rows: list[dict]) -> dict:
     return out
 
 
-# ---- the grid ------------------------------------------------------------------------------
-
-@dataclass
-class GridSpec:
-    """Model shapes (n_layers, d_model), each trained once for ``max_flops / (6 N)`` tokens
-    (at most ``max_ratio`` tokens per parameter, at least ``min_steps`` steps) with a constant learning rate after warmup and evaluated
-    ``evals`` times along the way: every evaluation is a point (N, D, loss), and a compute
-    budget C is read off each model's curve at D = C / (6 N). One run per size instead of
-    one per (size, budget); the price is that the learning rate is not annealed to the end
-    of each budget, as Chinchilla's runs were (their losses would be a little lower)."""
-
-    shapes: list[tuple[int, int]]
-    max_flops: float
-    block_size: int = 32
-    batch_size: int = 64
-    lr: float = 1e-2
-    warmup: int = 20
-    head_dim: int = 8
-    min_steps: int = 40
-    max_ratio: float = 2000.0
-    evals: int = 10
-    eval_batches: int = 4
-    max_chars: int | None = 300_000
-    data: str = "generated"
-    seed: int = 1337
-
-    def __post_init__(self):
-        shapes = self.shapes
-        if isinstance(shapes, (str, bytes)) or not isinstance(shapes, (list, tuple)) or not shapes or not all(
-                isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                  and v >= 1 for v in s) for s in shapes):
-            raise ValueError(f"shapes={shapes!r} must be a non-empty list of (n_layers, d_model) pairs of "
-                             "integers >= 1, e.g. [(1, 8), (2, 16)].")
-        self.shapes = [tuple(s) for s in shapes]
-        for name in ("block_size", "batch_size", "head_dim", "min_steps", "evals", "eval_batches"):
-            checks.count(name, getattr(self, name))
-        checks.count("warmup", self.warmup, minimum=0)
-        checks.count("max_chars", self.max_chars, optional=True)
-        for name in ("max_flops", "lr", "max_ratio"):
-            checks.number(name, getattr(self, name), 0.0, above=True)
-
-
-GRIDS = {
-    # CPU: about 20 s on one core (1,218 steps); 4 shapes spanning 32x in N.
-    "cpu": GridSpec(shapes=[(1, 4), (1, 8), (1, 16), (2, 24)], max_flops=1.2e10, max_ratio=1000.0),
-    # GPU: 8 shapes from 0.1M to 85M parameters, about 0.7 billion tokens in all, on 20M characters
-    # of generated stories (offline; a run sees its text at most ~9 times). Not yet run on a GPU.
-    "gpu": GridSpec(shapes=[(2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12, 768)],
-                    max_flops=2e15, max_ratio=200.0, block_size=256, batch_size=64, lr=1e-3, warmup=200, head_dim=64,
-                    min_steps=500, evals=20, eval_batches=40, max_chars=20_000_000, data="generated"),
-}
-
-
-def model_config(shape: tuple[int, int], vocab_size: int, spec: GridSpec):
-    from course_lib.gpt import GPTConfig
-
-    n_layers, d_model = shape
-    n_heads = max(1, d_model // spec.head_dim)
-    while d_model % n_heads:  # heads of about head_dim dimensions that divide d_model
-        n_heads -= 1
-    return GPTConfig(vocab_size=vocab_size, block_size=spec.block_size, n_layers=n_layers,
-                     n_heads=n_heads, d_model=d_model)
-
-
-def plan_grid(spec: GridSpec, vocab_size: int) -> list[dict]:
-    """One run per shape: its N, optimizer steps and tokens."""
-    from course_lib.gpt import GPT
-
-    tokens_per_step = spec.batch_size * spec.block_size
-    runs = []
-    for shape in spec.shapes:
-        with torch.device("meta"):
-            n = scaling_params(GPT(model_config(shape, vocab_size, spec)))
-        tokens = min(spec.max_flops / (6 * n), spec.max_ratio * n)
-        steps = max(spec.min_steps, round(tokens / tokens_per_step))
-        runs.append({"n_layers": shape[0], "d_model": shape[1], "params": n, "steps": steps,
-                     "tokens": steps * tokens_per_step, "eval_every": max(1, steps // spec.evals)})
-    return runs
-
-
-def run_grid(spec: GridSpec, text: str, device: str | None = None, quiet: bool = True,
-             on_run=None) -> list[dict]:
-    """Train every run of ``plan_grid`` on ``text`` (character level; the same split and
-    the same validation batches for all) and return one row per evaluation: ``params``,
-    ``tokens``, ``flops``, ``val_loss`` (and the run's shape, ``seconds`` so far)."""
-    from course_lib.gpt import GPT
-    from course_lib.tokenizer import CharTokenizer
-    from course_lib.training.gpt import GPTTrainConfig, prepare_data, train
-
-    tokenizer = CharTokenizer.from_text(text)
-    data = prepare_data(text, tokenizer)
-    rows = []
-    for run in plan_grid(spec, tokenizer.vocab_size):
-        torch.manual_seed(spec.seed)
-        model = GPT(model_config((run["n_layers"], run["d_model"]), tokenizer.vocab_size, spec))
-        cfg = GPTTrainConfig(steps=run["steps"], batch_size=spec.batch_size, lr=spec.lr, min_lr=spec.lr,
-                             warmup=min(spec.warmup, run["steps"] // 4), eval_every=run["eval_every"],
-                             eval_batches=spec.eval_batches, seed=spec.seed, device=device,
-                             progress=False, precision="auto")
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-            state = train(model, data, cfg)
-        seconds = time.perf_counter() - t0
-        tokens_per_step = spec.batch_size * spec.block_size
-        new = [{"n_layers": run["n_layers"], "d_model": run["d_model"], "params": run["params"],
-                "step": e["step"], "tokens": e["step"] * tokens_per_step,
-                "flops": training_flops(run["params"], e["step"] * tokens_per_step),
-                "val_loss": e["val"], "seconds": seconds} for e in state["evals"]]
-        rows += new
-        if on_run is not None:
-            on_run(new)
-    return rows
-
-
-def loss_at_tokens(rows: list[dict], params: int, tokens: float, slack: float = 0.02) -> float | None:
-    """One model's validation loss after ``tokens`` tokens, interpolated linearly in
-    log D between its evaluations (None outside them, beyond a relative ``slack``)."""
-    _check_rows(rows, ("params", "tokens", "val_loss"))
-    checks.number("tokens", tokens, 0.0, above=True)
-    curve = sorted((r["tokens"], r["val_loss"]) for r in rows if r["params"] == params)
-    if not curve:
-        return None
-    d = np.log([c[0] for c in curve])
-    x = math.log(tokens)
-    if not d[0] - slack <= x <= d[-1] + slack:
-        return None
-    return float(np.interp(x, d, [c[1] for c in curve]))
-
-
-def isoflop_slices(rows: list[dict], budgets) -> list[dict]:
-    """For each budget C, every model that reached ``D = C / (6 N)`` tokens and its loss
-    there: the points of one IsoFLOP curve (rows ``budget, params, tokens, val_loss``)."""
-    budgets = list(budgets) if isinstance(budgets, (list, tuple, np.ndarray)) else [budgets]
-    for c in budgets:
-        checks.number("budget", float(c) if isinstance(c, (np.floating, np.integer)) else c, 0.0, above=True)
-    out = []
-    for c in budgets:
-        for n in sorted({r["params"] for r in rows}):
-            d = c / (6 * n)
-            loss = loss_at_tokens(rows, n, d)
-            if loss is not None:
-                out.append({"budget": float(c), "params": n, "tokens": d, "val_loss": loss})
+def envelope_analysis(rows: list[dict], points: int = 25) -> dict:
+    """Approach 1 on runs (``params``, ``flops``, ``val_loss``): each model size's final losses
+    at its budgets form a curve L_N(C) (linear in log C between them); at each of ``points``
+    compute values C, the size whose curve is lowest is N_opt(C) (the envelope of the curves).
+    Then N_opt ~ C^a and D_opt = C / 6 N_opt ~ C^b by power-law fits. Only compute values that
+    at least two sizes reach, and whose best size is not the smallest or largest measured
+    there, are used (``envelope`` lists them all, with ``inside``)."""
+    _check_rows(rows, ("params", "flops", "val_loss"))
+    checks.count("points", points, minimum=2)
+    curves = {}
+    for r in rows:
+        curves.setdefault(r["params"], []).append((math.log(r["flops"]), r["val_loss"]))
+    curves = {n: sorted(c) for n, c in curves.items()}
+    flops = [r["flops"] for r in rows]
+    envelope = []
+    for log_c in np.linspace(math.log(min(flops)), math.log(max(flops)), points):
+        reach = {n: float(np.interp(log_c, *zip(*c))) for n, c in curves.items() if c[0][0] <= log_c <= c[-1][0]}
+        if len(reach) < 2:
+            continue
+        n_opt = min(reach, key=reach.get)
+        c = math.exp(log_c)
+        envelope.append({"flops": c, "n_opt": n_opt, "d_opt": c / (6 * n_opt), "loss": reach[n_opt],
+                         "inside": min(reach) < n_opt < max(reach)})
+    used = [e for e in envelope if e["inside"]]
+    out = {"envelope": envelope, "a": math.nan, "b": math.nan}
+    if len({e["n_opt"] for e in used}) >= 2:
+        out["k_n"], minus_a = fit_power_law([e["flops"] for e in used], [e["n_opt"] for e in used])
+        out["k_d"], minus_b = fit_power_law([e["flops"] for e in used], [e["d_opt"] for e in used])
+        out["a"], out["b"] = -minus_a, -minus_b
     return out
 
 
-def save_results(path: str | Path, spec: GridSpec, rows: list[dict], source: str) -> None:
-    payload = {"format": "course_lib.scaling/1", "grid": asdict(spec), "data_source": source, "runs": rows}
-    Path(path).write_text(json.dumps(payload, indent=1))
+# ---- the IsoFLOP grid: one run per model size and compute budget ----------------------------
+
+@dataclass
+class IsoFLOPSpec:
+    """How every run of an IsoFLOP grid is trained (character level): a model of shape
+    (n_layers, d_model) gets ``C / 6N`` tokens for a budget C, in batches of ``batch_size``
+    windows of ``block_size``, AdamW at peak ``lr`` with a warmup over ``warmup_fraction`` of
+    its steps and a cosine down to ``lr / 10`` at its own last step (Chinchilla: each D its own
+    schedule), then its validation loss over ``eval_batches`` fixed batches."""
+
+    block_size: int = 64
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_fraction: float = 0.05
+    head_dim: int = 16
+    eval_batches: int = 50
+    seed: int = 1337
+
+    def __post_init__(self):
+        for name in ("block_size", "batch_size", "head_dim", "eval_batches"):
+            checks.count(name, getattr(self, name))
+        checks.count("seed", self.seed, minimum=0)
+        checks.number("lr", self.lr, 0.0, above=True)
+        checks.number("warmup_fraction", self.warmup_fraction, 0.0, 0.5)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.block_size
 
 
-def load_results(path: str | Path) -> dict:
-    """A results file written by ``python -m course_lib.scaling`` (JSON, checked)."""
-    from course_lib.training.core import read_json
+def shape_config(shape: tuple[int, int], vocab_size: int, block_size: int, head_dim: int):
+    """A course GPT of ``shape = (n_layers, d_model)``, heads of about ``head_dim``."""
+    from course_lib.gpt import GPTConfig
 
-    payload = read_json(path, "scaling results")
-    if payload.get("format") != "course_lib.scaling/1" or not isinstance(payload.get("runs"), list):
-        raise ValueError(f"{path} is not a results file of python -m course_lib.scaling; rerun that command.")
-    needed = {"params", "tokens", "val_loss"}
-    for i, row in enumerate(payload["runs"]):
-        if not isinstance(row, dict) or not needed <= set(row):
-            raise ValueError(f"{path}: row {i} lacks {sorted(needed - set(row or {}))}; the file is damaged.")
-    return payload
+    n_layers, d_model = shape
+    n_heads = max(1, d_model // head_dim)
+    while d_model % n_heads:
+        n_heads -= 1
+    return GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layers=n_layers,
+                     n_heads=n_heads, d_model=d_model)
 
 
-# ---- command line --------------------------------------------------------------------------
+def shape_params(shape: tuple[int, int], vocab_size: int, spec: IsoFLOPSpec) -> int:
+    """The N of a shape (no weights are allocated)."""
+    from course_lib.gpt import GPT
 
-def main(argv=None) -> int:
-    """``python -m course_lib.scaling --grid gpu --out results.json``."""
-    from course_lib.data import load_text
-    from course_lib.training.core import Parser
-
-    p = Parser(prog="python -m course_lib.scaling",
-               description="Train the scaling-law grid of notebook 11 and write its results (JSON).")
-    p.add_argument("--grid", default="gpu", choices=sorted(GRIDS), help="which grid of sizes and budgets")
-    p.add_argument("--out", default="scaling_results.json", help="results file (JSON) that notebook 11 loads")
-    p.add_argument("--data", default=None, help="text to train on (None: the grid's own)")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (None: the best found)")
-    p.add_argument("--max-flops", type=float, default=None, help="compute of each run (None: the grid's)")
-    p.add_argument("--shapes", type=int, default=None, help="train only the first N shapes (a quick check; None: all)")
-    args = p.parse_args(argv)
-    spec = copy.deepcopy(GRIDS[args.grid])
-    if args.data:
-        spec.data = args.data
-    if args.max_flops is not None:
-        if not args.max_flops > 0:
-            raise ValueError(f"--max-flops {args.max_flops} must be > 0.")
-        spec.max_flops = args.max_flops
-    if args.shapes is not None:
-        if args.shapes < 1:
-            raise ValueError(f"--shapes {args.shapes} must be >= 1.")
-        spec.shapes = spec.shapes[: args.shapes]
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name such as results.json.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = load_text(spec.data, max_chars=spec.max_chars)
-    print(f"data: {text.source}; {len(spec.shapes)} model sizes", flush=True)
-    rows: list[dict] = []
-
-    def report(new):
-        rows.extend(new)
-        last = new[-1]
-        print(f"N={last['params']:>11,}  D={last['tokens']:>13,}  C={last['flops']:.2e}  "
-              f"val {last['val_loss']:.4f}  ({last['seconds']:.0f} s)", flush=True)
-        save_results(out, spec, rows, text.source)  # after every run: a killed grid keeps its runs
-
-    run_grid(spec, text.text, device=args.device, on_run=report)
-    print(f"wrote {out} ({len(rows)} evaluations)")
-    return 0
+    with torch.device("meta"):
+        return scaling_params(GPT(shape_config(shape, vocab_size, spec.block_size, spec.head_dim)))
 
 
-if __name__ == "__main__":
-    import sys
+def grid_text(max_chars: int | None = None) -> tuple[str, str]:
+    """The grid's text and its name (no machine path): tiny Shakespeare from
+    ``$COURSE_DATA_DIR/tinyshakespeare/input.txt`` or ``../shared/data`` beside the checkout,
+    else the course's generated corpus (offline, always there)."""
+    from course_lib.data import generated_corpus, read_text_file
 
-    from course_lib.training.core import run_command
+    checkout = Path(__file__).resolve().parent.parent
+    for folder in (os.environ.get("COURSE_DATA_DIR"), checkout.parent / "shared" / "data"):
+        path = Path(folder or "") / "tinyshakespeare" / "input.txt"
+        if folder and path.is_file():
+            text = read_text_file(path)[:max_chars]
+            return text, f"tinyshakespeare ({len(text):,} characters)"
+    n = max_chars or 1_000_000
+    return generated_corpus(n), f"generated corpus ({n:,} characters)"
 
-    sys.exit(run_command(main))
+
+def results_url(repo_url: str, name: str) -> str:
+    """Where the repository at ``repo_url`` (on GitHub) serves ``resources/results/<name>.json``."""
+    if not isinstance(repo_url, str) or not repo_url.startswith("https://github.com/"):
+        raise ValueError(f"repo_url={repo_url!r} must be a GitHub address, https://github.com/OWNER/NAME.")
+    raw = repo_url.rstrip("/").removesuffix(".git").replace("https://github.com/", "https://raw.githubusercontent.com/")
+    return f"{raw}/main/resources/results/{name}.json"
+
+
+def load_grid(name: str = "scaling_grid", repo_url: str | None = None) -> dict:
+    """The grid's results file (JSON): ``resources/results/<name>.json`` in a checkout of the
+    course; for an installed course_lib without it (Colab), downloaded from ``repo_url``."""
+    from course_lib.results import RESULTS, load
+
+    if (RESULTS / f"{name}.json").is_file() or repo_url is None:
+        return load(name)
+    import urllib.request
+
+    with urllib.request.urlopen(results_url(repo_url, name), timeout=20) as response:
+        body = json.loads(response.read())
+    if not isinstance(body, dict) or not isinstance(body.get("figures", {}).get("points"), list):
+        raise ValueError(f"{results_url(repo_url, name)} is not a results file of benchmarks/scaling_grid.py.")
+    return body
+
+
+def plan_point(budget: float, shape: tuple[int, int], vocab_size: int, spec: IsoFLOPSpec) -> dict:
+    """One run of the grid: the shape's N, and the steps that spend ``budget`` FLOPs
+    (rounded to whole steps; ``flops`` is what the run really spends)."""
+    checks.number("budget", budget, 0.0, above=True)
+    n = shape_params(shape, vocab_size, spec)
+    steps = max(1, round(budget / (6 * n) / spec.tokens_per_step))
+    tokens = steps * spec.tokens_per_step
+    return {"budget": float(budget), "n_layers": int(shape[0]), "d_model": int(shape[1]), "params": n,
+            "steps": steps, "tokens": tokens, "flops": training_flops(n, tokens)}
+
+
+def train_point(point: dict, data, spec: IsoFLOPSpec, device: str = "cpu") -> dict:
+    """Train the run ``point`` (from ``plan_point``) on ``data`` (``prepare_data``'s train and
+    validation tokens) with the one training loop, and return the point with its final
+    ``val_loss`` and ``train_loss`` (mean over the same fixed batches) and ``seconds``."""
+    from course_lib.gpt import GPT
+    from course_lib.training.gpt import GPTTrainConfig, train
+
+    vocab_size = int(max(data.train.max(), data.val.max())) + 1
+    cfg = shape_config((point["n_layers"], point["d_model"]), vocab_size, spec.block_size, spec.head_dim)
+    torch.manual_seed(spec.seed)
+    model = GPT(cfg)
+    steps = int(point["steps"])
+    train_cfg = GPTTrainConfig(steps=steps, batch_size=spec.batch_size, lr=spec.lr, min_lr=spec.lr / 10,
+                               warmup=max(1, round(spec.warmup_fraction * steps)), eval_every=steps,
+                               eval_batches=spec.eval_batches, seed=spec.seed, device=device,
+                               progress=False, precision="fp32", compile=False)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        state = train(model, data, train_cfg)
+    final = state["evals"][-1]
+    return {**point, "val_loss": final["val"], "train_loss": final["train"],
+            "seconds": round(time.perf_counter() - start, 2)}

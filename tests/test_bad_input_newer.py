@@ -181,15 +181,14 @@ def test_checks_name_the_argument_and_accept_valid_values():
 
 
 @SETTINGS
-@given(field=st.sampled_from(["shapes", "max_flops", "block_size", "batch_size", "lr", "warmup", "head_dim",
-                               "min_steps", "max_ratio", "evals", "max_chars"]), value=anything)
-def test_grid_spec_fields_any_value(field, value):
-    from course_lib.scaling import GridSpec
+@given(field=st.sampled_from(["block_size", "batch_size", "lr", "warmup_fraction", "head_dim", "eval_batches",
+                               "seed"]), value=anything)
+def test_isoflop_spec_fields_any_value(field, value):
+    from course_lib.scaling import IsoFLOPSpec
 
-    base = {"shapes": [(1, 4)], "max_flops": 1e9}
-    spec = call(lambda: GridSpec(**{**base, field: value}), field)
+    spec = call(lambda: IsoFLOPSpec(**{field: value}), field)
     if spec is not None:
-        assert all(n >= 1 and d >= 1 for n, d in spec.shapes) and spec.max_flops > 0 and spec.lr > 0
+        assert spec.tokens_per_step >= 1 and spec.lr > 0 and 0 <= spec.warmup_fraction <= 0.5
 
 
 @SETTINGS

@@ -1,5 +1,6 @@
 """Scaling-law fits recover known laws from noisy data generated from them; a wrong fit
-does not; 6 N D agrees with PyTorch's FLOP counter; the grid runs and its results load."""
+does not; 6 N D agrees with PyTorch's FLOP counter; a grid run is planned, trained and
+repeatable, and benchmarks/scaling_grid.py resumes a grid."""
 
 import json
 
@@ -12,24 +13,22 @@ from course_lib.attention import ROUTES, use_route
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.scaling import (
     CHINCHILLA,
-    GridSpec,
+    IsoFLOPSpec,
     LossSurface,
+    _linear_fits,
     attention_flops,
+    bootstrap_loss_surface,
+    envelope_analysis,
     fit_loss_surface,
     fit_power_law,
     fit_power_law_offset,
     isoflop_analysis,
     isoflop_minimum,
-    isoflop_slices,
-    load_results,
-    loss_at_tokens,
-    main,
-    run_grid,
-    save_results,
+    plan_point,
     scaling_params,
+    train_point,
     training_flops,
 )
-from course_lib.training.core import run_command
 
 RNG = np.random.default_rng(0)
 TRUE = LossSurface(**CHINCHILLA["surface"])  # E 1.69, A 406.4, B 410.7, alpha 0.34, beta 0.28
@@ -138,35 +137,6 @@ def test_six_nd_against_pytorchs_flop_counter(route, threads):
     assert training_flops(scaling_params(model), tokens) == 6 * (matmul_params + others) * tokens
 
 
-def test_curves_interpolate_and_slice_into_isoflop_points():
-    rows = [{"params": 100, "tokens": t, "val_loss": 3.0 - 0.1 * np.log(t)} for t in (1e3, 1e4, 1e5)]
-    assert loss_at_tokens(rows, 100, 10**4.5) == pytest.approx(3.0 - 0.1 * np.log(10**4.5))
-    assert loss_at_tokens(rows, 100, 1e6) is None
-    points = isoflop_slices(rows, [6 * 100 * 2e4, 6 * 100 * 1e7])
-    assert len(points) == 1 and points[0]["tokens"] == pytest.approx(2e4)
-
-
-def test_a_tiny_grid_trains_saves_and_loads(tmp_path, one_thread):
-    text = "the cat sat on the mat. the dog sat on the log. " * 60
-    spec = GridSpec(shapes=[(1, 8), (1, 16)], max_flops=2e7, block_size=16, batch_size=8, min_steps=6,
-                    evals=3, eval_batches=2)
-    rows = run_grid(spec, text, device="cpu")
-    assert {r["params"] for r in rows} == {scaling_params(GPT(GPTConfig(vocab_size=len(set(text)), block_size=16,
-                                                                        n_layers=1, n_heads=h, d_model=d)))
-                                          for h, d in ((1, 8), (2, 16))}
-    assert all(r["flops"] == training_flops(r["params"], r["tokens"]) for r in rows)
-    save_results(tmp_path / "r.json", spec, rows, "test")
-    assert load_results(tmp_path / "r.json")["runs"] == json.loads(json.dumps(rows))
-    (tmp_path / "bad.json").write_text(json.dumps({"format": "course_lib.scaling/1", "runs": [{"params": 1}]}))
-    with pytest.raises(ValueError, match="lacks"):
-        load_results(tmp_path / "bad.json")
-
-
-def test_command_reports_a_folder_as_out(tmp_path, capsys):
-    assert run_command(main, ["--grid", "cpu", "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("error: --out")
-
-
 def test_isoflop_analysis_skips_budgets_without_a_minimum():
     rows = [{"budget": 1.0, "params": n, "val_loss": 3.0 - 0.1 * (np.log(n) - 8) ** 2} for n in (1e3, 3e3, 1e4)]
     rows += [{"budget": 2.0, "params": n, "val_loss": 2.0 + 0.1 * (np.log(n) - 6.5) ** 2} for n in (1e3, 3e3, 1e4)]
@@ -176,10 +146,149 @@ def test_isoflop_analysis_skips_budgets_without_a_minimum():
     assert out["minima"][0]["n_opt"] == pytest.approx(np.exp(6.5))
 
 
-def test_command_writes_a_results_file_the_notebook_loads(tmp_path, capsys, one_thread):
-    out = tmp_path / "results.json"
-    assert run_command(main, ["--grid", "cpu", "--shapes", "1", "--max-flops", "1e8", "--device", "cpu",
-                              "--out", str(out)]) == 0
-    runs = load_results(out)["runs"]
-    assert len(runs) >= 2 and {r["params"] for r in runs} == {508}
-    assert "wrote" in capsys.readouterr().out
+# ---- the three approaches on a grid laid out like notebook 11's -------------------------------
+
+CHAR = LossSurface(E=1.3, A=40.0, B=300.0, alpha=0.4, beta=0.35)  # a = 0.35 / 0.75 = 0.467
+
+
+def _isoflop_grid(surface, noise=0.0, budgets=(1e11, 2e11, 4e11, 8e11, 1.6e12), spread=0.6, sizes=7):
+    """Runs at every budget, ``sizes`` model sizes within a factor 10^spread of its optimum."""
+    rows = []
+    for c in budgets:
+        for n in surface.optimal(c)[0] * np.logspace(-spread, spread, sizes):
+            d = c / (6 * n)
+            loss = float(surface.loss(n, d)) * (float(np.exp(RNG.normal(0, noise))) if noise else 1.0)
+            rows.append({"budget": c, "flops": c, "params": n, "tokens": d, "val_loss": loss})
+    return rows
+
+
+def _surface_of(rows, **ranges):
+    return fit_loss_surface([r["params"] for r in rows], [r["tokens"] for r in rows],
+                            [r["val_loss"] for r in rows], **ranges)
+
+
+def test_the_three_approaches_recover_the_exponent_of_a_known_surface():
+    rows = _isoflop_grid(CHAR)
+    fit = _surface_of(rows)
+    for name in ("E", "A", "B", "alpha", "beta"):
+        assert getattr(fit, name) == pytest.approx(getattr(CHAR, name), rel=0.02), name
+    assert isoflop_analysis(rows)["a"] == pytest.approx(CHAR.a, abs=0.01)
+    # approach 1 picks among the sizes measured (steps of 10^0.2 here): a coarser estimate
+    envelope = envelope_analysis(rows, points=41)
+    assert envelope["a"] == pytest.approx(CHAR.a, abs=0.08)
+    assert all(e["inside"] for e in envelope["envelope"][1:-1])
+    # broken: the envelope read against tokens instead of compute (the largest model always
+    # wins: no exponent, NaN), and a surface whose exponents are searched in the wrong range
+    wrong = envelope_analysis([{**r, "flops": r["tokens"]} for r in rows], points=41)
+    assert not abs(wrong["a"] - CHAR.a) < 0.08
+    assert abs(_surface_of(rows, alpha_range=(0.6, 1.5)).a - CHAR.a) > 0.05
+
+
+def test_noisy_runs_still_give_agreeing_exponents():
+    rows = _isoflop_grid(CHAR, noise=0.003)
+    a2, a3 = isoflop_analysis(rows)["a"], _surface_of(rows).a
+    assert abs(a2 - CHAR.a) < 0.05 and abs(a3 - CHAR.a) < 0.05
+
+
+def test_the_surface_fit_is_the_least_squares_optimum_by_brute_force():
+    """At the fitted exponents E, A, B are numpy's least-squares solution (relative errors),
+    and no point of a brute-force grid around the five fitted values fits the runs better."""
+    rows = _isoflop_grid(CHAR, noise=0.01)
+    n, d, y = (np.array([r[k] for r in rows]) for k in ("params", "tokens", "val_loss"))
+    fit = _surface_of(rows)
+    cols = np.stack([np.ones_like(y), n**-fit.alpha, d**-fit.beta], 1) / y[:, None]
+    lstsq = np.linalg.lstsq(cols, np.ones_like(y), rcond=None)[0]
+    assert lstsq == pytest.approx([fit.E, fit.A, fit.B], rel=1e-6)
+
+    def error(s):
+        return float(np.sum((s.loss(n, d) / y - 1) ** 2))
+
+    best = error(fit)
+    steps = np.array([-0.02, 0.0, 0.02])
+    for de, da, db, dal, dbe in np.stack(np.meshgrid(*[steps] * 5), -1).reshape(-1, 5):
+        other = LossSurface(fit.E * (1 + de), fit.A * (1 + da), fit.B * (1 + db), fit.alpha + dal / 10,
+                            fit.beta + dbe / 10)
+        assert error(other) >= best * (1 - 1e-9)
+
+
+def test_batched_linear_fits_equal_numpys_lstsq_and_refuse_negative_coefficients():
+    x = np.linspace(1, 2, 9)
+    y = 1.0 + 2.0 / x
+    cols = np.stack([np.stack([np.ones_like(x), 1 / x], 1), np.stack([np.ones_like(x), x], 1)])
+    c, error = _linear_fits(cols, y)
+    assert c[0] == pytest.approx([1.0, 2.0]) and error[0] < 1e-20
+    assert error[1] == np.inf  # y falls with x: only a negative coefficient of x would fit
+
+
+def test_a_bootstrap_interval_covers_the_true_e_and_widens_when_runs_cannot_pin_it():
+    rows = _isoflop_grid(CHAR, noise=0.003)
+    n, d, y = ([r[k] for r in rows] for k in ("params", "tokens", "val_loss"))
+    fits = bootstrap_loss_surface(n, d, y, samples=40)
+    lo, hi = np.percentile([f.E for f in fits], [5, 95])
+    assert len(fits) >= 35 and lo < CHAR.E < hi
+    far = _isoflop_grid(CHAR, noise=0.003, budgets=(1e9, 2e9), sizes=4)  # far above E, two budgets
+    n, d, y = ([r[k] for r in far] for k in ("params", "tokens", "val_loss"))
+    wide = np.percentile([f.E for f in bootstrap_loss_surface(n, d, y, samples=40)], [5, 95])
+    assert wide[1] - wide[0] > 3 * (hi - lo)
+
+
+def test_a_grid_point_spends_its_budget_and_trains_repeatably(one_thread):
+    from course_lib.tokenizer import CharTokenizer
+    from course_lib.training.gpt import prepare_data
+
+    spec = IsoFLOPSpec(block_size=16, batch_size=8, eval_batches=2, lr=1e-2)
+    text = "the cat sat on the mat. the dog sat on the log. " * 80
+    tokenizer = CharTokenizer.from_text(text)
+    point = plan_point(2e7, (1, 8), tokenizer.vocab_size, spec)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layers=1, n_heads=1, d_model=8))
+    assert point["params"] == scaling_params(model)
+    assert point["tokens"] == point["steps"] * 128 and abs(point["flops"] / 2e7 - 1) < 128 * 6 * point["params"] / 2e7
+    data = prepare_data(text, tokenizer)
+    first, second = train_point(point, data, spec), train_point(point, data, spec)
+    assert first["val_loss"] == second["val_loss"] < np.log(tokenizer.vocab_size)
+
+
+def test_the_grid_script_records_and_resumes(tmp_path, one_thread, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "scaling_grid.py"
+    module_spec = importlib.util.spec_from_file_location("scaling_grid", path)
+    grid = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(grid)
+    grid.QUICK_GRID = {3e7: [(1, 4), (1, 8)]}
+    assert grid.main(["--quick", "--record", "--folder", str(tmp_path)]) == 0
+    body = json.loads((tmp_path / "scaling_grid_quick.json").read_text())
+    assert len(body["figures"]["points"]) == 2 and "2 runs to train" in capsys.readouterr().out
+    grid.QUICK_GRID = {3e7: [(1, 4), (1, 8)], 6e7: [(1, 4)]}  # extended: only the new run trains
+    assert grid.main(["--quick", "--record", "--folder", str(tmp_path)]) == 0
+    assert "1 runs to train, 2 already recorded" in capsys.readouterr().out
+    body["figures"]["spec"]["lr"] = 1.0  # a file from other settings is refused, not mixed in
+    (tmp_path / "scaling_grid_quick.json").write_text(json.dumps(body))
+    with pytest.raises(ValueError, match="move it away"):
+        grid.main(["--quick", "--record", "--folder", str(tmp_path)])
+
+
+def test_a_surface_with_e_held_fixed_profiles_e():
+    """Held at the true E the fit recovers the rest; held at a wrong E it fits worse."""
+    rows = _isoflop_grid(CHAR)
+    n, d, y = (np.array([r[k] for r in rows]) for k in ("params", "tokens", "val_loss"))
+    at_true = fit_loss_surface(n, d, y, E=CHAR.E)
+    assert at_true.E == CHAR.E and at_true.alpha == pytest.approx(CHAR.alpha, rel=0.02)
+    assert at_true.beta == pytest.approx(CHAR.beta, rel=0.02)
+    wrong = fit_loss_surface(n, d, y, E=0.5)
+    assert np.sum((wrong.loss(n, d) / y - 1) ** 2) > 100 * np.sum((at_true.loss(n, d) / y - 1) ** 2) + 1e-12
+    with pytest.raises(ValueError, match="lowest loss"):
+        fit_loss_surface(n, d, y, E=float(y.min()) + 0.1)
+
+
+def test_the_grid_file_is_read_from_the_checkout_or_its_repository_address():
+    from course_lib.scaling import load_grid, results_url
+
+    assert load_grid()["figures"]["points"] == load_grid(repo_url="https://github.com/o/r")["figures"]["points"]
+    assert results_url("https://github.com/o/r.git", "g") == \
+        "https://raw.githubusercontent.com/o/r/main/resources/results/g.json"
+    with pytest.raises(ValueError, match="GitHub address"):
+        results_url("github.com/o/r", "g")
+    with pytest.raises(FileNotFoundError):
+        load_grid("no_such_grid")
