@@ -35,6 +35,26 @@ def test_every_marked_figure_equals_its_results_file(page):
     assert results.check_text(text(page)) == []
 
 
+# a comment that starts like a marker (``<!-- name:``): the marker pattern must read all of it
+MARKER_LIKE = re.compile(r"<!--\s*[\w-]+:")
+
+
+def markers_unread(page_text: str) -> int:
+    """How many marker-like comments the marker pattern does not read (and so never checks)."""
+    return len(MARKER_LIKE.findall(page_text)) - len(results.MARKER.findall(page_text))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_marker_is_read(page):
+    """A key with spaces or ``|`` (which also splits a table's cell) is never checked."""
+    assert markers_unread(text(page)) == 0
+
+
+def test_an_unreadable_marker_is_caught():
+    assert markers_unread("0.95<!-- nb10_small:rouge.lead-12 | shifted.rougeL -->") == 1
+    assert markers_unread("0.95<!-- nb10_small:rouge.lead_12_shifted.rougeL -->") == 0
+
+
 def test_the_marker_check_catches_a_wrong_figure(tmp_path):
     results.record("example", {"bleu": 34.8123, "tokens": 1234567}, source="tests", folder=tmp_path, device="cpu")
     good = "BLEU **34.8**<!-- example:bleu --> and 1,234,567 tokens<!-- example:tokens -->"
