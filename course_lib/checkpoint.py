@@ -324,6 +324,32 @@ def config_from_dict(cls, d: dict, what: str):
     return cls(**d)
 
 
+class ModelConfig:
+    """``from_dict``, ``preset`` and ``to_dict`` for a model's config dataclass, which sets
+    ``model_type`` (a dict saved for another model is refused), ``name`` (in error messages)
+    and ``presets`` (its named configurations) as plain class attributes."""
+
+    model_type = ""
+    name = ""
+    presets: dict = {}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        if d.get("model_type", cls.model_type) != cls.model_type:
+            raise ValueError(f"config has model_type={d['model_type']!r}, not {cls.model_type!r}; "
+                             "use that model's class.")
+        return config_from_dict(cls, d, f"{cls.name} config field")
+
+    @classmethod
+    def preset(cls, name: str, **overrides):
+        if name not in cls.presets:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(cls.presets)}.")
+        return cls(**{**cls.presets[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def check_config(expected: dict, found: dict, path: str | Path = "checkpoint") -> None:
     """Raise ``CheckpointConfigError`` naming every field where the two configs differ."""
     keys = sorted(set(expected) | set(found))

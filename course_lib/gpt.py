@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 
 from course_lib.attention import KVCache
 from course_lib.checkpoint import (
-    config_from_dict,
+    ModelConfig,
     heads_problems,
     integer_problems,
     number_problems,
@@ -50,7 +50,9 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
+    name, presets = "GPT", PRESETS  # class attributes, not fields
+
     vocab_size: int = 50257
     block_size: int = 1024  # context length: the most positions the model sees at once
     n_layers: int = 12
@@ -79,21 +81,6 @@ class GPTConfig:
             problems.append(f"activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
         if problems:
             raise ValueError("invalid GPT config: " + "; ".join(problems) + ".")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GPTConfig:
-        if d.get("model_type", "gpt") != "gpt":
-            raise ValueError(f"config has model_type={d['model_type']!r}, not 'gpt'; use that model's class.")
-        return config_from_dict(cls, d, "GPT config field")
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> GPTConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-        return cls(**{**PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # Config keys added after GPT checkpoints were first written, with the value that rebuilds

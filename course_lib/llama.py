@@ -25,7 +25,7 @@ weights (e.g. SmolLM2-135M, Qwen3-0.6B).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.attention import KVCache
-from course_lib.checkpoint import config_from_dict, integer_problems, number_problems
+from course_lib.checkpoint import ModelConfig, integer_problems, number_problems
 from course_lib.losses import IGNORE_INDEX
 from course_lib.rope import RotaryEmbedding
 
@@ -61,7 +61,9 @@ def _help(text: str) -> dict:
 
 
 @dataclass
-class LlamaConfig:
+class LlamaConfig(ModelConfig):
+    name, presets = "Llama", PRESETS  # class attributes, not fields
+
     vocab_size: int = 32000
     block_size: int = 1024  # context length: the most positions the model sees at once
     n_layers: int = 12
@@ -107,21 +109,6 @@ class LlamaConfig:
             problems.append(f"the head size {self.head_size} is odd; RoPE rotates pairs of dimensions, so it must "
                             "be even (change d_model or n_heads, or set an even head_size)")
         return problems
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LlamaConfig:
-        if d.get("model_type", "llama") != "llama":
-            raise ValueError(f"config has model_type={d['model_type']!r}, not 'llama'; use that model's class.")
-        return config_from_dict(cls, d, "Llama config field")
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> LlamaConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-        return cls(**{**PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def kv_cache_bytes_per_token(cfg: LlamaConfig, bytes_per_value: int = 2) -> int:
