@@ -27,3 +27,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def launch_ranks():
+    """``course_lib.scaleout.launch`` for the tests' module fixtures: a machine where the gloo
+    processes cannot start (no sockets, no multiprocessing) fails the test, never skips it."""
+    from course_lib.scaleout import launch
+
+    def run(fn, world_size: int, *args, **kwargs):
+        try:
+            return launch(fn, world_size, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any failure to start is reported as such
+            pytest.fail(f"could not launch {world_size} gloo processes: {exc}")
+
+    return run

@@ -23,7 +23,7 @@ from torch import nn
 from course_lib import scaleout as D
 from course_lib.checkpoint import load_checkpoint
 from course_lib.gpt import GPT, GPTConfig
-from course_lib.scaleout import free_port, launch
+from course_lib.scaleout import free_port
 from course_lib.scaleout.rank_memory import memory_report
 
 VOCAB, D_MODEL, N_HEADS, T, BATCH = 11, 16, 2, 6, 8
@@ -140,12 +140,9 @@ def two_rank_scenarios(folder):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, launch_ranks):
     folder = tmp_path_factory.mktemp("dist")
-    try:
-        ranks = launch(two_rank_scenarios, 2, (str(folder),))
-    except Exception as exc:  # no multiprocessing / sockets here: say so rather than pass
-        pytest.fail(f"could not launch 2 gloo processes: {exc}")
+    ranks = launch_ranks(two_rank_scenarios, 2, (str(folder),))
     return {"ranks": ranks, "folder": folder, "reference": reference_run(),
             "reference_clip": reference_run(clip=CLIP)}  # fmt: skip
 

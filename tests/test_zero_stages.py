@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from course_lib import scaleout as D
 from course_lib.gpt import GPT, GPTConfig
-from course_lib.scaleout import launch
 from course_lib.scaleout.rank_memory import SMALL_GPT, batch, measure
 from course_lib.scaleout.zero import STAGES, zero_bytes_per_parameter
 
@@ -65,11 +64,8 @@ def greedy_shares(sizes, world_size):
 
 
 @pytest.fixture(scope="module")
-def ranks():
-    try:
-        return launch(two_ranks, 2, timeout_s=120)
-    except Exception as exc:  # noqa: BLE001 - a sandbox without local sockets
-        pytest.fail(f"could not launch 2 gloo processes: {exc}")
+def ranks(launch_ranks):
+    return launch_ranks(two_ranks, 2, timeout_s=120)
 
 
 def max_diff(a, b):
