@@ -123,10 +123,12 @@ EXPECTED.update({f"nb{nn}": figure for nn, figure in {  # the notebooks other th
     "06": (40, "CPU 14 s; no full-scale settings"),
     "07": (450, "estimate: the base Transformer for 8,000 steps at ~30 ms (H200 memory row: 129k tokens/s eager "
                 "at 128 x 40 tokens) = 240 s, BPE, the copy task, beam search"),
-    "09": (90, "CPU 24 s; full: 4 processes instead of 2"),
-    "10": (300, "estimate: 11,000 steps of 4-layer d256 models at ~8 ms eager, evaluation and summaries"),
-    "11": (900, "estimate: the GPU grid is 8 shapes x 2e15 FLOPs (~0.7 billion tokens); does not fit one lease"),
-    "12": (200, "estimate: 3,000 pretraining steps of a 6-layer d256 model and 2 x 1,000 fine-tuning steps"),
+    "09": (90, "CPU 37 s; full: 4 gloo processes instead of 2"),
+    "10": (360, "estimate: 3 architectures x 3 seeds x 2 tasks x 2,000 steps and 4,000 summarization steps of "
+                "4-layer d128-d256 models, ~40,000 steps at ~8 ms eager, evaluation and ROUGE"),
+    "11": (60, "CPU 57 s; no full-scale settings: it reads the committed grid and re-trains its 3 cheapest runs"),
+    "12": (200, "estimate: 5,000 pretraining steps of a 4-layer d128 model, 6 fine-tuning runs of 1,000 steps, "
+                "3 seeds x 2 distillation runs of 2,000 steps, ~23,000 steps at ~6 ms eager, and evaluations"),
     "13": (150, "estimate: 1,000 steps x 4-layer d256, GPT and Llama, 3 seeds"),
     "14": (120, "CPU 51 s; no full-scale settings but threads"),
 }.items()})

@@ -71,7 +71,7 @@ def test_every_check_has_an_expected_time_that_says_where_it_comes_from(name):
     seconds, source = c.expected
     assert name in gpu_check.EXPECTED and seconds > 0 and len(source) > 15
     assert 0 < c.timeout_s <= 600 and (c.command or c.notebook)
-    assert seconds <= c.timeout_s or name == "nb11"  # nb11's GPU grid needs a lease of its own
+    assert seconds <= c.timeout_s
 
 
 def test_the_priority_checks_fit_one_lease_and_multi30k_is_measured_as_the_goal_says():
