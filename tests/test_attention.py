@@ -558,6 +558,26 @@ def test_bad_masks_are_named():
         mha(x, mask=padding_mask(torch.ones(2, 3, dtype=torch.long), 0).float())
 
 
+def test_mask_shape_check_agrees_with_torch_broadcasting():
+    """The attention's own broadcast test against torch.broadcast_shapes, over every mask shape
+    of up to 5 dimensions with sizes 0-3 against a few score shapes (a wrong rule, say one that
+    lets a mask add dimensions or accepts any size where the scores have 1, fails here)."""
+    import itertools
+
+    def torch_says(shape, target):
+        try:
+            return torch.broadcast_shapes(shape, target) == target
+        except RuntimeError:
+            return False
+
+    targets = [torch.Size(t) for t in ((2, 3, 4, 4), (1, 3, 2, 1), (2, 1, 0, 3), (3, 3))]
+    for target in targets:
+        for n in range(6):
+            for shape in itertools.product(range(4), repeat=n):
+                assert attention._broadcasts_to(torch.Size(shape), target) == torch_says(torch.Size(shape), target), (
+                    shape, target)
+
+
 def test_bad_mha_configuration_and_inputs_are_named():
     with pytest.raises(ValueError, match="not divisible by n_heads"):
         MultiHeadAttention(10, 4)
