@@ -381,12 +381,19 @@ def load_grid(name: str = "scaling_grid", repo_url: str | None = None) -> dict:
 
     if (RESULTS / f"{name}.json").is_file() or repo_url is None:
         return load(name)
+    import urllib.error
     import urllib.request
 
-    with urllib.request.urlopen(results_url(repo_url, name), timeout=20) as response:
-        body = json.loads(response.read())
+    url = results_url(repo_url, name)
+    try:
+        with urllib.request.urlopen(url, timeout=20) as response:
+            body = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise RuntimeError(f"the grid's results are not in this install, and {url} could not be read "
+                           f"({getattr(exc, 'reason', exc)}): connect to the internet, or run the notebook "
+                           "from a clone of the course, which holds them.") from None
     if not isinstance(body, dict) or not isinstance(body.get("figures", {}).get("points"), list):
-        raise ValueError(f"{results_url(repo_url, name)} is not a results file of benchmarks/scaling_grid.py.")
+        raise ValueError(f"{url} is not a results file of benchmarks/scaling_grid.py.")
     return body
 
 

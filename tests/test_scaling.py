@@ -292,3 +292,18 @@ def test_the_grid_file_is_read_from_the_checkout_or_its_repository_address():
         results_url("github.com/o/r", "g")
     with pytest.raises(FileNotFoundError):
         load_grid("no_such_grid")
+
+
+def test_a_grid_that_cannot_be_downloaded_says_what_to_do(monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    from course_lib.scaling import load_grid
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(RuntimeError, match=r"raw.githubusercontent.com/o/r/main/resources/results/no_such_grid.json "
+                                           r"could not be read \(no route to host\): connect to the internet"):
+        load_grid("no_such_grid", repo_url="https://github.com/o/r")
