@@ -19,6 +19,11 @@ interleaved rounds (so a busy machine slows all three alike; the median round co
   GPT-2's tanh GELU (``activation="gelu_tanh"``), to show what the exact GELU buys there.
 
 On CUDA all three get bf16 autocast, ``torch.compile`` and fused AdamW; on the CPU float32, eager.
+
+``--ablation`` adds two more, to read the course's ratio to the reference: the course's model
+with W^Q, W^K, W^V stored as one stacked matrix, as the reference stores them (what that layout
+would buy), and a second copy of the reference (what two identical models score against each
+other in this protocol: its noise).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from course_lib.attention import MultiHeadAttention  # noqa: E402
 from course_lib.env import get_device  # noqa: E402
 from course_lib.generate import generate  # noqa: E402
 from course_lib.gpt import GPT, PRESETS, GPTConfig  # noqa: E402
@@ -112,6 +118,23 @@ class RefGPT(NaiveGPT):
     def __init__(self, c: GPTConfig):
         super().__init__(c)
         self.blocks = nn.ModuleList(RefBlock(c) for _ in range(c.n_layers))
+
+
+def stack_qkv(model: GPT) -> GPT:
+    """``model`` with each attention's W^Q, W^K, W^V stored as one ``(3 d_model, d_model)``
+    matrix ``w_qkv`` (and one bias), as the reference stores them; the same function."""
+    for m in model.modules():
+        if isinstance(m, MultiHeadAttention):
+            parts = (m.w_q, m.w_k, m.w_v)
+            stacked = nn.Linear(m.d_model, 3 * m.d_model, bias=m.w_q.bias is not None)
+            with torch.no_grad():
+                stacked.weight.copy_(torch.cat([p.weight for p in parts]))
+                if stacked.bias is not None:
+                    stacked.bias.copy_(torch.cat([p.bias for p in parts]))
+            del m.w_q, m.w_k, m.w_v
+            m.w_qkv = stacked
+            m.project_qkv = lambda x, w=stacked: w(x).chunk(3, dim=-1)
+    return model
 
 
 def sync(device):
@@ -212,12 +235,18 @@ def shakespeare_cpu(minutes: float, threads: int) -> None:
 
 # the ratios one run reports, for --repeat: ratios of the median rounds, and the median of
 # the same-round ratios (the line under the table)
-RATIO_LABELS = {"naive": "naive (ratio of medians)", "reference": "reference (ratio of medians)",
-                "naive_paired": "naive (same-round median)", "reference_paired": "reference (same-round median)"}
+RATIO_LABELS = {"naive": "course / naive (ratio of medians)", "reference": "course / reference (ratio of medians)",
+                "naive_paired": "course / naive (same-round median)",
+                "reference_paired": "course / reference (same-round median)",
+                # --ablation: the course with one stacked q/k/v matrix, and a second reference
+                "one_qkv": "course with one q/k/v matrix / reference (ratio of medians)",
+                "one_qkv_paired": "course with one q/k/v matrix / reference (same-round median)",
+                "reference_again": "second reference / reference (ratio of medians)",
+                "reference_again_paired": "second reference / reference (same-round median)"}
 
 
 def format_run(run: dict) -> str:
-    return ", ".join(f"vs {label} {run[key]:.2f}x" for key, label in RATIO_LABELS.items())
+    return ", ".join(f"{RATIO_LABELS[key]} {run[key]:.2f}x" for key in RATIO_LABELS if key in run)
 
 
 def repeat_runs(argv: list[str], n: int, record_as: str | None = None) -> int:
@@ -236,20 +265,21 @@ def repeat_runs(argv: list[str], n: int, record_as: str | None = None) -> int:
                       file=sys.stderr)
                 return 2
             runs.append(json.loads(out.read_text()))
-            print(f"run {i + 1} of {n}: course {format_run(runs[-1])}", flush=True)
+            print(f"run {i + 1} of {n}: {format_run(runs[-1])}", flush=True)
+    keys = [key for key in RATIO_LABELS if key in runs[0]]
     print(f"\n{runs[0]['setup']}; {n} runs, each in a fresh process")
-    print("| course vs | lowest | median | highest | each run |")
+    print("| speed ratio | lowest | median | highest | each run |")
     print("| --- | ---: | ---: | ---: | --- |")
-    for key, label in RATIO_LABELS.items():
+    for key in keys:
         values = [r[key] for r in runs]
-        print(f"| {label} | {min(values):.2f}x | {statistics.median(values):.2f}x | {max(values):.2f}x | "
+        print(f"| {RATIO_LABELS[key]} | {min(values):.2f}x | {statistics.median(values):.2f}x | {max(values):.2f}x | "
               + ", ".join(f"{v:.2f}" for v in values) + " |")
     if record_as:
         from course_lib.results import RESULTS, record
 
         figures = {key: {"lowest": min(v), "median": statistics.median(v), "highest": max(v),
                          "at_least_1": sum(x >= 1.0 for x in v), "at_least_1_2": sum(x >= 1.2 for x in v), "runs": v}
-                   for key in RATIO_LABELS for v in [[round(r[key], 4) for r in runs]]}
+                   for key in keys for v in [[round(r[key], 4) for r in runs]]}
         record(record_as, {"setup": runs[0]["setup"], "runs": n, **figures}, source="benchmarks/bench_gpt.py", folder=RESULTS)
     return 0
 
@@ -271,6 +301,8 @@ def main(argv=None) -> int:
                    help="time it this many times, each in a fresh process, and print the spread of the ratios")
     p.add_argument("--record", action="store_true",
                    help="with --repeat: write the ratios to resources/results/bench_gpt_cpu.json (on a GPU: bench_gpt_cuda.json)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also time the course with one stacked q/k/v matrix, and a second copy of the reference")
     p.add_argument("--ratios-to", help=argparse.SUPPRESS)  # where a --repeat run writes its ratios
     args = p.parse_args(argv)
     if args.repeat < 1 or (args.repeat > 1 and args.shakespeare_cpu):
@@ -299,6 +331,8 @@ def main(argv=None) -> int:
     models = {"naive": NaiveGPT, "reference": RefGPT, "course": GPT}
     if not cuda and c.activation != "gelu_tanh":  # on a GPU both GELUs cost the same (compiled, fused)
         models["course_tanh"] = lambda cfg: GPT(replace(cfg, activation="gelu_tanh"))
+    if args.ablation:
+        models.update({"course_one_qkv": lambda cfg: stack_qkv(GPT(cfg)), "reference_again": RefGPT})
     trainers = {}
     for name, build in models.items():
         torch.manual_seed(0)
@@ -319,7 +353,8 @@ def main(argv=None) -> int:
     print("| training | tokens/s | vs naive | vs reference | MFU |")
     print("| --- | ---: | ---: | ---: | ---: |")
     labels = {"naive": "naive: hand-written attention and GELU", "reference": "reference: fused q/k/v, fused attention",
-              "course": "course_lib.gpt", "course_tanh": "the same with GPT-2's tanh GELU"}
+              "course": "course_lib.gpt", "course_tanh": "the same with GPT-2's tanh GELU",
+              "course_one_qkv": "the same with one q/k/v matrix", "reference_again": "a second reference"}
     for name, tps in speeds.items():
         mfu = f"{100 * fpt * tps / peak:.1f}%" if peak else "n/a (CPU)" if not cuda else "n/a"
         print(f"| {labels[name]} | {tps:,.0f} | {tps / speeds['naive']:.2f}x | {tps / speeds['reference']:.2f}x | {mfu} |")
@@ -331,6 +366,10 @@ def main(argv=None) -> int:
     if args.ratios_to:  # one run of --repeat: its ratios for the summary, no generation
         ratios = {other: speeds["course"] / speeds[other] for other in ("naive", "reference")}
         ratios.update({f"{other}_paired": m for other, (_, m, _) in spread.items()})
+        for key, name in (("one_qkv", "course_one_qkv"), ("reference_again", "reference_again")):
+            if name in speeds:
+                ratios[key] = speeds[name] / speeds["reference"]
+                ratios[f"{key}_paired"] = paired_ratios(times, name, "reference")[1]
         Path(args.ratios_to).write_text(json.dumps({**ratios, "setup": setup}))
         return 0
     model.eval()
