@@ -65,8 +65,9 @@ def decode_speed(model, tok, pairs, beam: int) -> dict:
     hyps = translate(model, tok, sources, beam_size=beam, warn=lambda m: None)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     refs = [tok.decode(tok.encode(de)) for _, de in pairs]
+    lengths = [len(tok.encode(h)) for h in hyps]  # tokens (words) without <eos>
     return {"sentences_per_s": len(pairs) / wall, "cpu_ms_per_sentence": 1000 * cpu / len(pairs),
-            "output_tokens": sum(len(tok.encode(h)) + 1 for h in hyps) / len(hyps),  # with <eos>
+            "output_tokens": sum(lengths) / len(lengths), "longest_output": max(lengths),
             "exact_match": sum(h == r for h, r in zip(hyps, refs)) / len(pairs)}
 
 
@@ -74,13 +75,14 @@ def measure(args) -> dict:
     train_pairs, held_out = grammar.train_test_split(N_TRAIN, args.sentences, seed=0)
     tok = build_tokenizer(train_pairs)
     figures = {"steps": args.steps, "sentences": args.sentences, "n_train": N_TRAIN,
-               "reference_tokens": sum(len(tok.encode(de)) + 1 for _, de in held_out) / len(held_out)}
+               "load_average_at_start": os.getloadavg()[0],  # other processes' use of the cores
+               "reference_tokens": sum(len(tok.encode(de)) for _, de in held_out) / len(held_out)}
     model = None
     for n in args.threads:
         torch.set_num_threads(n)
         model, train_figures = train_speed(tok, train_pairs, args.steps)
         figures.update({f"{k}_{n}t": v for k, v in train_figures.items()})
-    figures["parameters"] = model.num_parameters()
+    figures.update(parameters=model.num_parameters(), output_limit=model.config.max_len - 1)
     for n in args.threads:
         torch.set_num_threads(n)
         for name, beam in (("greedy", 1), ("beam4", 4)):
@@ -90,21 +92,24 @@ def measure(args) -> dict:
 
 def print_tables(f: dict, threads: list[int]) -> None:
     print(f"notebook 07's small model ({f['parameters']:,} parameters), {f['n_train']:,} grammar pairs, "
-          f"{f['steps']} steps from seed 0 per thread count")
+          f"{f['steps']} steps from seed 0 per thread count; load average at the start "
+          f"{f['load_average_at_start']:.1f} on {os.cpu_count()} cores")
     print("\n| threads | steps/s (wall) | CPU ms per step | loss at the last step |\n|---|---|---|---|")
     for n in threads:
         print(f"| {n} | {f[f'train_steps_per_s_{n}t']:.1f} | {f[f'train_cpu_ms_per_step_{n}t']:.1f} | "
               f"{f[f'final_loss_{n}t']:.3f} |")
     print(f"\ndecoding {f['sentences']} held-out sentences with the model trained {f['steps']} steps "
-          f"(references: {f['reference_tokens']:.1f} tokens with <eos>)")
-    print("\n| threads | search | sentences/s (wall) | CPU ms per sentence | output tokens | exact match |")
+          f"(references: {f['reference_tokens']:.1f} tokens on average; "
+          f"tokens are words, <eos> not counted; at most {f['output_limit']})")
+    print("\n| threads | search | sentences/s (wall) | CPU ms per sentence | output tokens: mean, longest | "
+          "exact match |")
     print("|---|---|---|---|---|---|")
     for n in threads:
         for name, label in (("greedy", "greedy"), ("beam4", "beam 4")):
             g = {k: f[f"{name}_{k}_{n}t"] for k in ("sentences_per_s", "cpu_ms_per_sentence", "output_tokens",
-                                                     "exact_match")}
+                                                     "longest_output", "exact_match")}
             print(f"| {n} | {label} | {g['sentences_per_s']:.1f} | {g['cpu_ms_per_sentence']:.2f} | "
-                  f"{g['output_tokens']:.1f} | {g['exact_match']:.3f} |")
+                  f"{g['output_tokens']:.1f}, {g['longest_output']} | {g['exact_match']:.3f} |")
 
 
 def main(argv=None) -> int:

@@ -1,10 +1,10 @@
-"""Every script in benchmarks/ starts: ``python benchmarks/X.py --help`` prints its usage and
+"""Every script in benchmarks/ starts: ``python benchmarks/<name>.py --help`` prints its usage and
 exits 0 (``_peak.py``, which takes positional arguments only, prints its usage line and exits 2
 when given none). A script that imports a module the library no longer has fails here.
 
 One interpreter runs them all, each as ``__main__`` (``runpy``) with the arguments it would get
 on the command line, so torch is imported once (about 3 s of CPU) instead of once per script.
-Before each script, ``sys.path`` is what ``python benchmarks/X.py`` gives and every module of
+Before each script, ``sys.path`` is what ``python benchmarks/<name>.py`` gives and every module of
 course_lib or benchmarks/ is forgotten, so no script can lean on another's imports."""
 
 import json
