@@ -120,9 +120,11 @@ def main(argv=None) -> int:
     p.add_argument("--record", action="store_true",
                    help="write resources/results/translation_speed_cpu.json")
     args = p.parse_args(argv)
-    if args.steps < 2 or args.sentences < 1 or min(args.threads) < 1:
-        print("error: --steps must be >= 2, --sentences and --threads >= 1", file=sys.stderr)
-        return 2
+    for flag, value, least in (("--steps", args.steps, 2), ("--sentences", args.sentences, 1),
+                               ("--threads", min(args.threads), 1)):
+        if value < least:
+            print(f"error: {flag} {value}: give at least {least}", file=sys.stderr)
+            return 2
     figures = measure(args)
     print_tables(figures, args.threads)
     if args.record:
