@@ -58,9 +58,6 @@ def _check_mask(mask: torch.Tensor, scores_shape: torch.Size) -> None:
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dim() == k.dim() == v.dim() >= 2 and q.shape[:-2] == k.shape[:-2] == v.shape[:-2] \
-            and q.shape[-1] == k.shape[-1] and k.shape[-2] == v.shape[-2]:
-        return  # the usual case: one batch and head shape, matching sizes
     if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
         raise ValueError(
             f"q, k, v must have the same number of dimensions (..., L, d); got "
@@ -76,6 +73,8 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             f"k and v must have the same number of positions (one value per key): "
             f"k {tuple(k.shape)} vs v {tuple(v.shape)}."
         )
+    if q.shape[:-2] == k.shape[:-2] == v.shape[:-2]:
+        return  # the usual case, without torch.broadcast_shapes (20-30 microseconds a call)
     try:
         torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except RuntimeError:
