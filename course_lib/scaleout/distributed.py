@@ -267,12 +267,14 @@ def wrap_model(
     ctx: DistContext,
     strategy: str = "ddp",
     blocks: list[nn.Module] | None = None,
+    reshard_after_forward: bool = True,
 ) -> nn.Module:
     """Move ``model`` to the rank's device and wrap it with DDP or FSDP (``fully_shard``).
 
     FSDP shards each block (``blocks``, default ``find_blocks(model)``) then the root,
-    so one block's full parameters exist at a time. On one process the model is
-    returned unwrapped. Build the optimizer *after* wrapping.
+    so one block's full parameters exist at a time (with ``reshard_after_forward=False``,
+    FSDP's SHARD_GRAD_OP, a block's stay whole from its forward to its backward pass). On
+    one process the model is returned unwrapped. Build the optimizer *after* wrapping.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}.")
@@ -303,8 +305,8 @@ def wrap_model(
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     fully_shard = _fsdp_api()["fully_shard"]
     for block in blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, reshard_after_forward=reshard_after_forward)
     return model
 
 

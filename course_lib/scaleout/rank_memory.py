@@ -105,7 +105,7 @@ def measure(stages=STAGES, batch_size: int = 8, seq_len: int = 16, steps: int = 
     """
     ctx = D.setup()
     config = GPTConfig(**{**SMALL_GPT, "block_size": seq_len, **model_kwargs})
-    rows = []
+    rows, n_params = [], GPT(config).num_parameters()  # counted whole, before any sharding
     for stage in stages if ctx.distributed else stages[:1]:
         torch.manual_seed(0)
         model = wrap_stage(GPT(config), ctx, stage)
@@ -119,7 +119,7 @@ def measure(stages=STAGES, batch_size: int = 8, seq_len: int = 16, steps: int = 
         weights = full_state(model)[0]
         rows.append({
             "stage": stage if ctx.distributed else "1 process", "world_size": ctx.world_size,
-            "rank": ctx.rank, "model_parameters": GPT(config).num_parameters(),
+            "rank": ctx.rank, "model_parameters": n_params,
             **memory_report(model, optimizer), "parameters_at_rest": parameter_bytes(model),
             "parameters": peak.peak, "gradients": gradients, "losses": losses, "shapes": _shapes(model),
             "weights": {k: v.detach().cpu() for k, v in weights.items()} if ctx.is_main else None,

@@ -26,7 +26,6 @@ from torch import nn
 from course_lib.scaleout import distributed as D
 
 STAGES = ("ddp", "zero1", "zero2", "zero3")
-STAGE_NAMES = {"ddp": "DDP (no sharding)", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
 
 
 def _check_stage(stage: str) -> None:
@@ -41,14 +40,7 @@ def wrap_stage(model: nn.Module, ctx: D.DistContext, stage: str, blocks: list[nn
     _check_stage(stage)
     if stage in ("ddp", "zero1"):
         return D.wrap_model(model, ctx, "ddp")
-    if stage == "zero3" or not ctx.distributed:
-        return D.wrap_model(model, ctx, "fsdp", blocks)
-    model = model.to(ctx.device)
-    fully_shard = D.fully_shard
-    for block in D.find_blocks(model) if blocks is None else blocks:
-        fully_shard(block, reshard_after_forward=False)
-    fully_shard(model, reshard_after_forward=False)
-    return model
+    return D.wrap_model(model, ctx, "fsdp", blocks, reshard_after_forward=stage == "zero3")
 
 
 def stage_optimizer(model: nn.Module, stage: str, optimizer_class=torch.optim.AdamW, **options):
