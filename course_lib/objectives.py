@@ -30,6 +30,7 @@ import torch
 
 from course_lib import checks
 from course_lib.bert import mask_tokens
+from course_lib.classify import pad
 from course_lib.losses import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "mask_tokens", "next_token", "span_corruption", "span_mask"]
@@ -127,14 +128,7 @@ def span_corruption(ids: torch.Tensor, sentinels: Sequence[int], noise_density: 
         pairs.append(_corrupt_row(tokens, span_mask(len(tokens), noise_density, mean_span_length, generator),
                                   sentinel_ids))
     end = [] if eos_id is None else [eos_id]
-    inputs = _pad([torch.cat([i, torch.tensor(end, dtype=torch.long)]) for i, _ in pairs], pad_id)
-    targets = _pad([torch.cat([t, torch.tensor(end, dtype=torch.long)]) for _, t in pairs], IGNORE_INDEX)
+    # without a pad id every row has the same length (the counts depend only on it): no filling
+    inputs = pad([i.tolist() + end for i, _ in pairs], 0 if pad_id is None else pad_id)
+    targets = pad([t.tolist() + end for _, t in pairs], IGNORE_INDEX)
     return inputs.to(ids.device), targets.to(ids.device)
-
-
-def _pad(rows: list[torch.Tensor], value: int | None) -> torch.Tensor:
-    """Rows of different lengths right-padded with ``value`` (rows without padding all have
-    the same length: the counts depend only on the length)."""
-    longest = max(len(r) for r in rows)
-    return torch.stack([r if len(r) == longest else torch.cat([r, r.new_full((longest - len(r),), value)])
-                        for r in rows])

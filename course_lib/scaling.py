@@ -261,11 +261,15 @@ def isoflop_analysis(rows: list[dict]) -> dict:
                        "inside": min(sizes) <= n_opt <= max(sizes), "coeffs": coeffs.tolist()})
     out = {"minima": minima, "skipped": skipped, "a": math.nan, "b": math.nan}
     if len(minima) >= 2:
-        flops = [m["budget"] for m in minima]
-        out["k_n"], minus_a = fit_power_law(flops, [m["n_opt"] for m in minima])
-        out["k_d"], minus_b = fit_power_law(flops, [m["d_opt"] for m in minima])
-        out["a"], out["b"] = -minus_a, -minus_b
+        out.update(_optimal_exponents([m["budget"] for m in minima], minima))
     return out
+
+
+def _optimal_exponents(flops: list[float], optima: list[dict]) -> dict:
+    """N_opt = k_n C^a and D_opt = k_d C^b, fitted to the optima (``n_opt``, ``d_opt``) at ``flops``."""
+    k_n, minus_a = fit_power_law(flops, [o["n_opt"] for o in optima])
+    k_d, minus_b = fit_power_law(flops, [o["d_opt"] for o in optima])
+    return {"k_n": k_n, "k_d": k_d, "a": -minus_a, "b": -minus_b}
 
 
 def envelope_analysis(rows: list[dict], points: int = 25) -> dict:
@@ -294,9 +298,7 @@ def envelope_analysis(rows: list[dict], points: int = 25) -> dict:
     used = [e for e in envelope if e["inside"]]
     out = {"envelope": envelope, "a": math.nan, "b": math.nan}
     if len({e["n_opt"] for e in used}) >= 2:
-        out["k_n"], minus_a = fit_power_law([e["flops"] for e in used], [e["n_opt"] for e in used])
-        out["k_d"], minus_b = fit_power_law([e["flops"] for e in used], [e["d_opt"] for e in used])
-        out["a"], out["b"] = -minus_a, -minus_b
+        out.update(_optimal_exponents([e["flops"] for e in used], used))
     return out
 
 
@@ -355,6 +357,7 @@ def grid_text(max_chars: int | None = None) -> tuple[str, str]:
     ``$COURSE_DATA_DIR/tinyshakespeare/input.txt`` or ``../shared/data`` beside the checkout,
     else the course's generated corpus (offline, always there)."""
     from course_lib.data import generated_corpus, read_text_file
+    from course_lib.data.stories import GENERATED_CHARS
 
     checkout = Path(__file__).resolve().parent.parent
     for folder in (os.environ.get("COURSE_DATA_DIR"), checkout.parent / "shared" / "data"):
@@ -362,7 +365,7 @@ def grid_text(max_chars: int | None = None) -> tuple[str, str]:
         if folder and path.is_file():
             text = read_text_file(path)[:max_chars]
             return text, f"tinyshakespeare ({len(text):,} characters)"
-    n = max_chars or 1_000_000
+    n = max_chars or GENERATED_CHARS
     return generated_corpus(n), f"generated corpus ({n:,} characters)"
 
 
