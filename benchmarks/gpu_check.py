@@ -228,10 +228,11 @@ def settings_id(check: Check) -> str:
 
 
 def load_record(name: str) -> dict | None:
-    path = RESULTS / f"gpu_{name}.json"
+    from course_lib.results import load
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return load(f"gpu_{name}", folder=RESULTS)
+    except (OSError, ValueError):  # none yet, or unreadable
         return None
 
 
@@ -399,12 +400,15 @@ def execute_notebook(src: Path, dest: Path) -> int:
     import nbformat
     from nbclient import NotebookClient
 
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from run_notebooks import cell_seconds
+
     nb = nbformat.read(src, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PEAK_CELL))
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     def after_cell(cell, cell_index, execute_reply):
-        print(f"--- cell {cell_index} ({cell_seconds(cell):.1f} s)", flush=True)
+        print(f"--- cell {cell_index} ({cell_seconds(cell) or 0.0:.1f} s)", flush=True)
         print(cell_text(cell), flush=True)
         nbformat.write(slim(nb), dest)
 
@@ -432,16 +436,6 @@ def cell_text(cell) -> str:
         elif "text/plain" in o.get("data", {}):
             parts.append(o["data"]["text/plain"])
     return "".join(p if p.endswith("\n") else p + "\n" for p in parts)
-
-
-def cell_seconds(cell) -> float:
-    t = cell.get("metadata", {}).get("execution", {})
-    try:
-        start = datetime.datetime.fromisoformat(t["iopub.execute_input"].replace("Z", "+00:00"))
-        end = datetime.datetime.fromisoformat(t["shell.execute_reply"].replace("Z", "+00:00"))
-    except (KeyError, ValueError):
-        return 0.0
-    return (end - start).total_seconds()
 
 
 def slim(nb):
@@ -501,7 +495,7 @@ def bench_figures(text: str) -> dict:
     rows = re.findall(r"\| (naive[^|]*|reference[^|]*|course[^|]*) \| ([\d,]+) \| ([\d.]+)x \| "
                       r"([\d.]+)x \| ([^|]+) \|", text)
     for label, tps, vs_naive, vs_ref, mfu in rows:
-        key = label.split(":")[0].split("_")[0].strip().replace("course_lib.gpt", "course")
+        key = label.split(":")[0].split("_")[0].strip()
         fig[f"{key}_tokens_per_s"] = float(tps.replace(",", ""))
         fig[f"{key}_vs_naive"] = float(vs_naive)
         fig[f"{key}_vs_reference"] = float(vs_ref)

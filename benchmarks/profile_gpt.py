@@ -14,18 +14,17 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_gpt import Trainer  # noqa: E402  (benchmarks/: the steps bench_gpt times, the shipped ones)
+
 from course_lib.env import get_device  # noqa: E402
 from course_lib.gpt import GPT, PRESETS, GPTConfig  # noqa: E402
-from course_lib.training.gpt import GPTTrainConfig, configure_optimizer, get_batch  # noqa: E402
-from course_lib.training.loop import train_step  # noqa: E402
-from course_lib.training.precision import Precision  # noqa: E402
+from course_lib.training.gpt import GPTTrainConfig  # noqa: E402
 
 # kind of kernel -> a pattern of its name (first match wins)
 KINDS = [("matrix products", r"gemm|matmul|\bmm\b|addmm|bmm|cutlass|sm90_xmma|nvjet|linear"),
@@ -81,30 +80,15 @@ def main(argv=None) -> int:
     cuda = device.type == "cuda"
     config = GPTConfig.preset(args.preset, **({} if "vocab_size" in PRESETS[args.preset] else {"vocab_size": 65}))
     torch.manual_seed(0)
-    model = GPT(config).to(device)
-    step_model = torch.compile(model) if cuda else model
     if cuda:
         torch.set_float32_matmul_precision("high")
-    optimizer = configure_optimizer(model, GPTTrainConfig(batch_size=args.batch_size), device)
-    precision = Precision("bf16" if cuda else "fp32", device.type)
+    trainer = Trainer(GPT(config).to(device), GPTTrainConfig(batch_size=args.batch_size), device,
+                      compile_it=cuda, shipped=True)
     tokens = torch.randint(0, config.vocab_size, (200_000,))
-
-    def step(i: int) -> None:
-        x, y = get_batch(tokens, args.batch_size, config.block_size, 0, i, device=device)
-        train_step(model, optimizer, (x, y), lambda m, b: m(*b)[1], precision=precision, forward_model=step_model)
-
-    for i in range(args.warmup):
-        step(i)
+    trainer.run(tokens, config.block_size, 0, args.warmup)
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=activities) as prof:
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for i in range(args.steps):
-            step(args.warmup + i)
-        if cuda:
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - start
+        wall = trainer.run(tokens, config.block_size, args.warmup, args.steps)
     events = prof.key_averages()
     lines = [f"profile setup: {args.preset}, batch {args.batch_size} x {config.block_size} tokens, "
              f"{'compiled, bf16' if cuda else 'eager, float32'}, {device}, torch {torch.__version__}",

@@ -97,15 +97,20 @@ def run(path: Path, timeout: int) -> nbformat.NotebookNode:
     return nb
 
 
+def cell_seconds(cell) -> float | None:
+    """How long an executed cell ran, from nbclient's timestamps (None without them)."""
+    stamps = cell.get("metadata", {}).get("execution", {})
+    try:
+        began, ended = (datetime.datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
+                        for k in ("iopub.execute_input", "shell.execute_reply"))
+    except (KeyError, ValueError):
+        return None
+    return (ended - began).total_seconds()
+
+
 def slowest_cells(nb: nbformat.NotebookNode, n: int = 3) -> dict[str, float]:
     """{"cell N": seconds} of the ``n`` slowest code cells, from nbclient's timestamps."""
-    seconds = []
-    for i, cell in enumerate(nb.cells):
-        stamps = cell.metadata.get("execution", {})
-        if "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
-            began, ended = (datetime.datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
-                            for k in ("iopub.execute_input", "shell.execute_reply"))
-            seconds.append((f"cell {i}", round((ended - began).total_seconds(), 1)))
+    seconds = [(f"cell {i}", round(t, 1)) for i, cell in enumerate(nb.cells) if (t := cell_seconds(cell)) is not None]
     return dict(sorted(seconds, key=lambda x: -x[1])[:n])
 
 
