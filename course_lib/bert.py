@@ -21,7 +21,7 @@ the weights of Hugging Face's ``BertForMaskedLM``; the tests check equal logits.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from torch import nn
 from course_lib import checks
 from course_lib.attention import padding_mask
 from course_lib.checkpoint import (
-    config_from_dict,
+    ModelConfig,
     heads_problems,
     integer_problems,
     number_problems,
@@ -41,8 +41,9 @@ from course_lib.transformer import EncoderLayer
 
 
 @dataclass
-class BertConfig:
+class BertConfig(ModelConfig):
     """Hyper-parameters; the defaults are BERT-base (110M parameters)."""
+    name = "BERT"  # a class attribute, not a field
 
     model_type: str = "bert"
     vocab_size: int = 30522
@@ -67,13 +68,6 @@ class BertConfig:
             problems.append(f"pad_id={self.pad_id!r} is outside the vocabulary [0, {self.vocab_size})")
         if problems:
             raise ValueError("invalid BERT config: " + "; ".join(problems) + ".")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BertConfig:
-        return config_from_dict(cls, d, "BERT config field")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class BertMLM(nn.Module):
