@@ -490,7 +490,8 @@ def _round_gib(x):
 
 
 def bench_figures(text: str) -> dict:
-    """benchmarks/bench_gpt.py's table: | label | tokens/s | vs naive | vs reference | MFU |."""
+    """benchmarks/bench_gpt.py's tables: | label | tokens/s | vs naive | vs reference | MFU |, then
+    batch-1 generation: | with/without KV cache | tokens/s |."""
     fig = {}
     rows = re.findall(r"\| (naive[^|]*|reference[^|]*|course[^|]*) \| ([\d,]+) \| ([\d.]+)x \| "
                       r"([\d.]+)x \| ([^|]+) \|", text)
@@ -508,6 +509,8 @@ def bench_figures(text: str) -> dict:
     setup = re.search(r"batch (\d+); median of", text)
     if setup:
         fig["batch"] = int(setup.group(1))
+    for cache, tps in re.findall(r"^\| (with|without) KV cache \| ([\d,]+) \|$", text, re.M):
+        fig[f"generation_{cache}_cache_tokens_per_s"] = float(tps.replace(",", ""))
     return fig
 
 
@@ -621,7 +624,10 @@ def _summary(name: str, f: dict) -> str:
     if name == "bench" and "course_tokens_per_s" in f:
         return (f"course {f['course_tokens_per_s']:,.0f} tokens/s, MFU {f.get('course_mfu_percent', 'n/a')}%; "
                 f"reference {f.get('reference_tokens_per_s', 0):,.0f}; naive {f.get('naive_tokens_per_s', 0):,.0f}; "
-                f"batch {f.get('batch', 'n/a')}")
+                f"batch {f.get('batch', 'n/a')}"
+                + (f"; batch-1 generation {f['generation_with_cache_tokens_per_s']:,.0f} tokens/s with the KV cache, "
+                   f"{f.get('generation_without_cache_tokens_per_s', 0):,.0f} without"
+                   if "generation_with_cache_tokens_per_s" in f else ""))
     if name == "memory" and f.get("rows"):
         return "; ".join(f"{k}: {r['estimate_gib']} / {r['measured_gib']} GiB ({r['ratio']})"
                          for k, r in f["rows"].items())

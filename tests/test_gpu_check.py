@@ -321,6 +321,11 @@ BENCH_OUTPUT = """device: NVIDIA H100 80GB HBM3; torch 2.11.0+cu130; model gpt2-
 | reference: fused q/k/v, fused attention | 443,249 | 1.33x | 1.00x | 38.1% |
 | course_lib.gpt | 440,323 | 1.32x | 0.99x | 37.8% |
 course per round: vs naive median 1.31x, middle half 1.30-1.33x; vs reference median 0.99x, middle half 0.98-1.00x
+
+| generation (16-token prompt, 256 new tokens, batch 1) | tokens/s |
+| --- | ---: |
+| without KV cache | 151 |
+| with KV cache | 1,302 |
 """
 
 
@@ -332,6 +337,7 @@ def test_the_bench_table_format_is_the_one_bench_gpt_prints():
     assert '"course": "course_lib.gpt"' in source and '"naive": "naive: hand-written attention and GELU"' in source
     assert 'f"vs {other} median {m:.2f}x, middle half {q1:.2f}-{q3:.2f}x"' in source
     assert 'f"batch {batch}; median of {rounds}' in source
+    assert "print(f\"| {'with' if use_cache else 'without'} KV cache | {gen_speed(" in source
 
 
 def _check(name):
@@ -347,9 +353,11 @@ def test_figures_from_bench_output(sandbox, monkeypatch):
     assert (fig["course_mfu_percent"], fig["course_vs_reference"], fig["course_vs_reference_paired"]) == \
         (37.8, 0.99, 0.99)
     assert fig["batch"] == 16 and fig["peak_gib"] == 3.0 and fig["goal_met"] is False
+    assert (fig["generation_without_cache_tokens_per_s"], fig["generation_with_cache_tokens_per_s"]) == (151, 1302)
     assert "estimate_gib" not in fig  # the peak is the whole process's: three models and their optimizers
     text = gpu_check._summary("bench", {"ok": True, **fig})
     assert "course 440,323 tokens/s, MFU 37.8%" in text and "batch 16" in text
+    assert "1,302 tokens/s with the KV cache, 151 without" in text
 
 
 # benchmarks/bench_multi30k.py's lines, in the format its print statements write
