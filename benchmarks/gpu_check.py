@@ -217,11 +217,10 @@ def checks() -> list[Check]:
 def settings_id(check: Check) -> str:
     """What the check runs, as a short hash: its command (paths relative to the checkout) or its
     notebook's code cells. A record with another id is stale and the check runs again."""
-    if check.notebook:
-        import nbformat
-
-        nb = nbformat.read(ROOT / "notebooks" / check.notebook, as_version=4)
-        what = [c.source for c in nb.cells if c.cell_type == "code"]
+    if check.notebook:  # read as JSON: the GPU image may lack nbformat until .whl/ is installed
+        cells = json.loads((ROOT / "notebooks" / check.notebook).read_text())["cells"]
+        what = [c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+                for c in cells if c["cell_type"] == "code"]
     else:
         what = ["python" if a == PY else a.replace(str(ROOT), ".") for a in check.command]
     return hashlib.sha256(json.dumps([check.name, what]).encode()).hexdigest()[:12]
@@ -236,9 +235,10 @@ def load_record(name: str) -> dict | None:
         return None
 
 
-def recorded_ok(check: Check) -> bool:
+def recorded_ok(check: Check) -> dict | None:
+    """``check``'s record if it ran ok with the settings it has now, else None."""
     rec = load_record(check.name)
-    return bool(rec and rec["figures"].get("ok") and rec["figures"].get("settings") == settings_id(check))
+    return rec if rec and rec["figures"].get("ok") and rec["figures"].get("settings") == settings_id(check) else None
 
 
 def skip_reason(check: Check, redo: set[str], planned: set[str] = frozenset()) -> str | None:
@@ -246,8 +246,7 @@ def skip_reason(check: Check, redo: set[str], planned: set[str] = frozenset()) -
     this run has started before it. A check named in ``redo`` runs whatever the records say."""
     if check.name in redo:
         return None
-    if "all" not in redo and recorded_ok(check):
-        rec = load_record(check.name)
+    if "all" not in redo and (rec := recorded_ok(check)):
         return f"recorded ok on {rec['device']} on {rec['date']} (--redo {check.name} runs it again)"
     base = check.fallback_for
     if base and (recorded_ok(next(c for c in checks() if c.name == base)) or
@@ -902,7 +901,7 @@ def run_all(args, selected: list[Check], expected: dict[str, float]) -> int:
         failures += not result["ok"]
         if args.pack:
             pack(args.pack)
-    if args.pack:
+    if args.pack and not planned:  # nothing ran: still an archive, of the records as they are
         pack(args.pack)
     print(f"\nwrote {RESULTS_MD.relative_to(ROOT)}; {time.monotonic() - start:.0f} s in all")
     return 1 if failures else 0

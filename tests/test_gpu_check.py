@@ -4,6 +4,7 @@ home and its unpacking, and the figures read out of real output formats (command
 Fake checks are short Python commands; nothing here needs CUDA."""
 
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -154,6 +155,19 @@ def test_settings_ids_do_not_depend_on_where_the_checkout_or_python_lies(monkeyp
     there = {c.name: gpu_check.settings_id(c) for c in gpu_check.checks()}
     assert there == {k: v for k, v in here.items() if not k.startswith("nb")}
     assert len(set(here.values())) == len(here)  # and each check has its own
+
+
+def test_notebook_settings_ids_need_no_nbformat_and_hash_the_code_cells_as_nbformat_reads_them(monkeypatch):
+    """The GPU image lacks nbformat until .whl/ is installed: skipping a recorded notebook must
+    not import it. The ids stay those of nbformat's reading, so earlier records stay valid."""
+    import nbformat
+
+    nbs = gpu_check.notebook_checks()
+    expected = {name: hashlib.sha256(json.dumps([name, [c.source for c in nbformat.read(
+        ROOT / "notebooks" / check.notebook, as_version=4).cells if c.cell_type == "code"]]).encode()).hexdigest()[:12]
+        for name, check in nbs.items()}
+    monkeypatch.setitem(sys.modules, "nbformat", None)  # import nbformat now raises ImportError
+    assert {name: gpu_check.settings_id(check) for name, check in nbs.items()} == expected
 
 
 def test_the_budget_stops_at_the_first_check_that_does_not_fit(sandbox, monkeypatch):
