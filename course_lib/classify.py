@@ -95,6 +95,11 @@ def _head(d_model: int, n_classes: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh(), nn.Linear(d_model, n_classes))
 
 
+def _tag_head(d_model: int, n_tags: int) -> nn.Linear:
+    checks.count("n_tags", n_tags, minimum=2, fix="a tagger chooses between at least two tags")
+    return nn.Linear(d_model, n_tags)
+
+
 class FirstTokenClassifier(nn.Module):
     """BERT + a head (dense, tanh, dense) on the hidden state of the first token, [CLS]."""
 
@@ -127,9 +132,8 @@ class EncoderTagger(nn.Module):
 
     def __init__(self, bert, n_tags: int):
         super().__init__()
-        checks.count("n_tags", n_tags, minimum=2, fix="a tagger chooses between at least two tags")
         self.bert = bert
-        self.head = nn.Linear(bert.config.d_model, n_tags)
+        self.head = _tag_head(bert.config.d_model, n_tags)
 
     def forward(self, ids: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.bert.encode(ids, segments))
@@ -141,9 +145,8 @@ class DecoderTagger(nn.Module):
 
     def __init__(self, gpt, n_tags: int):
         super().__init__()
-        checks.count("n_tags", n_tags, minimum=2, fix="a tagger chooses between at least two tags")
         self.gpt = gpt
-        self.head = nn.Linear(gpt.config.d_model, n_tags)
+        self.head = _tag_head(gpt.config.d_model, n_tags)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(gpt_hidden_states(self.gpt, ids))
