@@ -356,17 +356,16 @@ def grid_text(max_chars: int | None = None) -> tuple[str, str]:
     """The grid's text and its name (no machine path): tiny Shakespeare from
     ``$COURSE_DATA_DIR/tinyshakespeare/input.txt`` or ``../shared/data`` beside the checkout,
     else the course's generated corpus (offline, always there)."""
-    from course_lib.data import generated_corpus, read_text_file
-    from course_lib.data.stories import GENERATED_CHARS
+    from course_lib.data import load_text, read_text_file
+    from course_lib.results import ROOT
 
-    checkout = Path(__file__).resolve().parent.parent
-    for folder in (os.environ.get("COURSE_DATA_DIR"), checkout.parent / "shared" / "data"):
+    for folder in (os.environ.get("COURSE_DATA_DIR"), ROOT.parent / "shared" / "data"):
         path = Path(folder or "") / "tinyshakespeare" / "input.txt"
         if folder and path.is_file():
             text = read_text_file(path)[:max_chars]
             return text, f"tinyshakespeare ({len(text):,} characters)"
-    n = max_chars or GENERATED_CHARS
-    return generated_corpus(n), f"generated corpus ({n:,} characters)"
+    generated = load_text("generated", max_chars or None)
+    return generated.text, generated.source
 
 
 def results_url(repo_url: str, name: str) -> str:
