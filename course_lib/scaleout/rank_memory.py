@@ -105,7 +105,9 @@ def measure(stages=STAGES, batch_size: int = 8, seq_len: int = 16, steps: int = 
     """
     ctx = D.setup()
     config = GPTConfig(**{**SMALL_GPT, "block_size": seq_len, **model_kwargs})
-    rows, n_params = [], GPT(config).num_parameters()  # counted whole, before any sharding
+    with torch.device("meta"):  # counted whole, before any sharding, without building the weights
+        n_params = GPT(config).num_parameters()
+    rows = []
     for stage in stages if ctx.distributed else stages[:1]:
         torch.manual_seed(0)
         model = wrap_stage(GPT(config), ctx, stage)
