@@ -162,14 +162,14 @@ def fit(model, optimizer, batch_at: Callable[[int], Batch], loss_of, *, steps: i
     return state
 
 
-def _record(state: dict, pending: list, bar=None) -> None:
+def _record(state: dict, pending: list, bar) -> None:
     """Move the pending (step, loss on the device) pairs into ``state['train_losses']``; the
     progress bar shows the last loss (and the epoch, where the task keeps one in ``state``)."""
     if pending:
         values = torch.stack([v for _, v in pending]).tolist()  # one wait for the device
         state["train_losses"] += [[s, round(v, 6)] for (s, _), v in zip(pending, values)]
         pending.clear()
-        if bar is not None and not bar.disable:
+        if not bar.disable:
             shown = {"loss": f"{values[-1]:.3f}", **({"epoch": state["epoch"]} if "epoch" in state else {})}
             bar.set_postfix(shown, refresh=False)
 
