@@ -576,11 +576,13 @@ def _training_cell(check: Check) -> int | None:
 
 def memory_rows(path: Path) -> dict:
     """memory_check.py's rows: estimate, measured and their ratio per model (eager: goal within 15%)."""
+    from course_lib.results import slug
+
     if not path.exists():
         return {}
     rows = {}
     for r in json.loads(path.read_text()):
-        key = re.sub(r"[^a-z0-9]+", "_", f"{r['workload']} {'compiled' if r['compiled'] else 'eager'}".lower()).strip("_")
+        key = slug(r["workload"], "compiled" if r["compiled"] else "eager")
         meas, est = r.get("measured"), r.get("estimate")
         rows[key] = {"precision": r["precision"], "micro_batch": r["micro_batch"], "estimate_gib": _round_gib(est),
                      "measured_gib": _round_gib(meas), "ratio": round(est / meas, 3) if meas and est else None,

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from course_lib.results import slug  # noqa: E402
 from course_lib.training.memory import GiB, estimate_memory, measure_cuda_memory, measure_memory  # noqa: E402
 from course_lib.training.plan import GPUS, device_info, plan_training, workloads  # noqa: E402
 
@@ -85,11 +85,6 @@ def table(rows: list[dict]) -> str:
                      f"{'yes' if r['compiled'] else 'no'} | {r['estimate'] / GiB:.2f} | "
                      f"{meas / GiB if meas else float('nan'):.2f} | {ratio} |")
     return "\n".join(lines)
-
-
-def slug(*parts: str) -> str:
-    """A key a docs marker can name: ``"gpt2-124m", "T4"`` -> ``"gpt2_124m_t4"``."""
-    return re.sub(r"[^a-z0-9]+", "_", " ".join(parts).lower()).strip("_")
 
 
 def recorded_rows(rows: list[dict]) -> dict:

@@ -52,6 +52,12 @@ def _default_folder() -> Path:
     return export_dir("results")
 
 
+def slug(*parts: str) -> str:
+    """A key that a docs marker can name, from any label: ``"gpt2-124m", "T4"`` -> ``"gpt2_124m_t4"``
+    (lower case, each run of other characters one ``_``)."""
+    return re.sub(r"[^a-z0-9]+", "_", " ".join(parts).lower()).strip("_")
+
+
 def record(name: str, figures: dict, source: str, device: str | None = None, folder: Path | None = None) -> Path:
     """Write ``figures`` (a flat or nested dict of numbers and strings) to ``<folder>/<name>.json``
     with the device, the versions and today's date; written atomically, keys sorted."""

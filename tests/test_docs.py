@@ -55,6 +55,14 @@ def test_an_unreadable_marker_is_caught():
     assert markers_unread("0.95<!-- nb10_small:rouge.lead_12_shifted.rougeL -->") == 0
 
 
+def test_slug_makes_keys_that_a_marker_reads():
+    assert results.slug("gpt2-124m", "T4") == "gpt2_124m_t4"
+    assert results.slug("Encoder-decoder (trained)", "same kind") == "encoder_decoder_trained_same_kind"
+    label = "int4, groups of 16 | shifted"
+    assert markers_unread(f"0.95<!-- nb12_small:val_by_format.{results.slug(label)} -->") == 0
+    assert markers_unread(f"0.95<!-- nb12_small:val_by_format.{label} -->") == 1  # the raw label is not
+
+
 def test_the_marker_check_catches_a_wrong_figure(tmp_path):
     results.record("example", {"bleu": 34.8123, "tokens": 1234567}, source="tests", folder=tmp_path, device="cpu")
     good = "BLEU **34.8**<!-- example:bleu --> and 1,234,567 tokens<!-- example:tokens -->"
