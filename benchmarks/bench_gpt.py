@@ -233,8 +233,10 @@ def shakespeare_cpu(minutes: float, threads: int) -> None:
           f"in {elapsed:.0f} s | best val loss {best:.3f} | 1.9 reached: {best <= 1.9} |")
 
 
-# the ratios one run reports, for --repeat: ratios of the median rounds, and the median of
-# the same-round ratios (the line under the table)
+# the ratios one run reports, for --repeat: key -> (model, the model it is divided by); each as
+# the ratio of the median rounds and (key_paired) the median of the same-round ratios
+RATIO_PAIRS = {"naive": ("course", "naive"), "reference": ("course", "reference"),
+               "one_qkv": ("course_one_qkv", "reference"), "reference_again": ("reference_again", "reference")}
 RATIO_LABELS = {"naive": "course / naive (ratio of medians)", "reference": "course / reference (ratio of medians)",
                 "naive_paired": "course / naive (same-round median)",
                 "reference_paired": "course / reference (same-round median)",
@@ -364,12 +366,11 @@ def main(argv=None) -> int:
     print("course per round: " + "; ".join(
         f"vs {other} median {m:.2f}x, middle half {q1:.2f}-{q3:.2f}x" for other, (q1, m, q3) in spread.items()))
     if args.ratios_to:  # one run of --repeat: its ratios for the summary, no generation
-        ratios = {other: speeds["course"] / speeds[other] for other in ("naive", "reference")}
-        ratios.update({f"{other}_paired": m for other, (_, m, _) in spread.items()})
-        for key, name in (("one_qkv", "course_one_qkv"), ("reference_again", "reference_again")):
+        ratios = {}
+        for key, (name, other) in RATIO_PAIRS.items():
             if name in speeds:
-                ratios[key] = speeds[name] / speeds["reference"]
-                ratios[f"{key}_paired"] = paired_ratios(times, name, "reference")[1]
+                ratios[key] = speeds[name] / speeds[other]
+                ratios[f"{key}_paired"] = paired_ratios(times, name, other)[1]
         Path(args.ratios_to).write_text(json.dumps({**ratios, "setup": setup}))
         return 0
     model.eval()
